@@ -1,0 +1,67 @@
+//! Command-line definitions (clap) and nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::corpus::Preset;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "georep",
+    version,
+    about = "Geo-replicate an OCI registry to one replica per region",
+    long_about = "Geo-replicate an OCI registry: every push to the primary appears in every \
+                  replica region, byte for byte.\n\nLogs go to stderr (filter with GEOREP_LOG, \
+                  e.g. GEOREP_LOG=debug); results go to stdout."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One pass: make every region match the primary, then exit
+    /// (0 all in sync, 1 something failed, 2 bad config or usage).
+    Sync(SyncArgs),
+    /// Validate a config file and exit (0 valid, 2 invalid).
+    CheckConfig(CheckConfigArgs),
+    /// Start a local primary and two replica registries, push sample images,
+    /// replicate them and show where each tag landed.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The config file (YAML).
+    #[arg(long, short, env = "GEOREP_CONFIG")]
+    pub config: PathBuf,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The config file (YAML).
+    #[arg(long, short, env = "GEOREP_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the registries' storage, logs and the generated config
+    /// (default: a new temporary directory, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Seed of the sample images.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Size of the sample set.
+    #[arg(long, value_enum, default_value_t = Preset::Demo)]
+    pub preset: Preset,
+    /// Keep the registries running after the demo until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,25 @@
+//! `georep check-config`: load and validate a config, print a summary.
+
+use std::process::ExitCode;
+
+use crate::cli::CheckConfigArgs;
+use crate::commands::{EXIT_OK, exit};
+use crate::config;
+
+pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let c = config::load(&args.config)?;
+    println!(
+        "{}: ok — primary {} ({}), {} region{}: {}",
+        args.config.display(),
+        c.primary.name,
+        c.primary.display_url(),
+        c.regions.len(),
+        if c.regions.len() == 1 { "" } else { "s" },
+        c.regions
+            .iter()
+            .map(|r| format!("{} ({})", r.name, r.display_url()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(exit(EXIT_OK))
+}

@@ -1,0 +1,595 @@
+//! Reading and validating a config file: every mistake is reported with the
+//! file, line and column it came from, and all of them at once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde_saphyr::{Location, Spanned};
+
+use super::file::{FileConfig, FileCredentials, FileRegistry};
+use super::{
+    Concurrency, Config, Credentials, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    RegistryConfig, RepositoryFilter, Secret, Timeouts,
+};
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, an unknown key, a wrong type: rendered by the parser with a
+    /// snippet of the file.
+    #[error("invalid config {}:\n{rendered}", path.display())]
+    Parse { path: PathBuf, rendered: String },
+    /// Well-formed YAML with values that cannot work.
+    #[error("{}", render_issues(path, issues))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    /// The offending line of the file, for display.
+    pub source_line: String,
+}
+
+fn render_issues(path: &Path, issues: &[Issue]) -> String {
+    let mut out = format!(
+        "invalid config {}: {} problem{}",
+        path.display(),
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for issue in issues {
+        out.push_str(&format!(
+            "\n{}:{}:{}: {}",
+            path.display(),
+            issue.line,
+            issue.column,
+            issue.message
+        ));
+        if !issue.source_line.is_empty() {
+            let caret_pad = " ".repeat(issue.column.saturating_sub(1) as usize);
+            out.push_str(&format!(
+                "\n  {:>4} | {}\n       | {}^",
+                issue.line, issue.source_line, caret_pad
+            ));
+        }
+    }
+    out
+}
+
+/// Loads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// Loads a config from `text`, as if read from `path`; environment variables
+/// are looked up with `env` (so tests need not touch the process environment).
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, LoadError> {
+    let source_name = path.display().to_string();
+    let file: FileConfig = serde_saphyr::from_str(text).map_err(|e| LoadError::Parse {
+        path: path.to_owned(),
+        rendered: e.render_with_options(serde_saphyr::render_options! {
+            source_name: Some(&source_name),
+        }),
+    })?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+    let mut v = Validator {
+        text,
+        base_dir,
+        env,
+        issues: Vec::new(),
+    };
+    let config = v.config(path, file);
+    if v.issues.is_empty() {
+        // `config` is always Some when no issue was recorded.
+        config.ok_or_else(|| LoadError::Invalid {
+            path: path.to_owned(),
+            issues: Vec::new(),
+        })
+    } else {
+        Err(LoadError::Invalid {
+            path: path.to_owned(),
+            issues: v.issues,
+        })
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    base_dir: PathBuf,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    issues: Vec<Issue>,
+}
+
+impl Validator<'_> {
+    fn issue(&mut self, at: Location, message: impl Into<String>) {
+        let line = at.line();
+        let source_line = self
+            .text
+            .lines()
+            .nth(line.saturating_sub(1) as usize)
+            .unwrap_or("")
+            .to_owned();
+        self.issues.push(Issue {
+            line,
+            column: at.column(),
+            message: message.into(),
+            source_line,
+        });
+    }
+
+    fn absolute(&self, p: &Path) -> PathBuf {
+        let joined = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        };
+        std::path::absolute(&joined).unwrap_or(joined)
+    }
+
+    fn positive<T: Copy + PartialOrd + Default + fmt::Display>(
+        &mut self,
+        value: &Option<Spanned<T>>,
+        key: &str,
+        default: T,
+    ) -> T {
+        match value {
+            None => default,
+            Some(s) if s.value > T::default() => s.value,
+            Some(s) => {
+                self.issue(
+                    s.referenced,
+                    format!("{key} must be at least 1, not {}", s.value),
+                );
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, path: &Path, file: FileConfig) -> Option<Config> {
+        let state_dir = self.absolute(&file.state_dir.value);
+        if file.state_dir.value.as_os_str().is_empty() {
+            self.issue(file.state_dir.referenced, "state_dir must not be empty");
+        }
+
+        let primary = self.registry(&file.primary, "primary");
+        let mut regions = Vec::new();
+        if file.regions.value.is_empty() {
+            self.issue(
+                file.regions.referenced,
+                "regions is empty: list at least one replica region",
+            );
+        }
+        let mut seen_names: HashMap<String, Location> = HashMap::new();
+        let mut seen_urls: HashMap<String, (String, Location)> = HashMap::new();
+        seen_names.insert(
+            file.primary.name.value.clone(),
+            file.primary.name.referenced,
+        );
+        if let Some(p) = &primary {
+            seen_urls.insert(
+                url_identity(&p.url),
+                (
+                    format!("the primary {:?}", p.name),
+                    file.primary.url.referenced,
+                ),
+            );
+        }
+        for r in &file.regions.value {
+            let name = &r.name.value;
+            if let Some(first) = seen_names.get(name) {
+                let what = if *name == file.primary.name.value {
+                    "the primary's name".to_owned()
+                } else {
+                    format!("the name of another region (line {})", first.line())
+                };
+                self.issue(
+                    r.name.referenced,
+                    format!("duplicate region name {name:?}: it is already {what}"),
+                );
+            } else {
+                seen_names.insert(name.clone(), r.name.referenced);
+            }
+            if let Some(reg) = self.registry(r, "region") {
+                let id = url_identity(&reg.url);
+                if let Some((owner, at)) = seen_urls.get(&id) {
+                    let msg = format!(
+                        "region {:?} has the same URL {} as {owner} (line {}): a region must be a different registry",
+                        reg.name,
+                        reg.display_url(),
+                        at.line()
+                    );
+                    self.issue(r.url.referenced, msg);
+                } else {
+                    seen_urls.insert(id, (format!("region {:?}", reg.name), r.url.referenced));
+                }
+                regions.push(reg);
+            }
+        }
+
+        let include = self.globs(&file.repositories.include, "include");
+        let exclude = self.globs(&file.repositories.exclude, "exclude");
+
+        let c = &file.concurrency;
+        let defaults = Concurrency::default();
+        let blobs = self.positive(
+            &c.max_concurrent_blobs,
+            "max_concurrent_blobs",
+            defaults.blobs,
+        );
+        let concurrency = Concurrency {
+            images: self.positive(
+                &c.max_concurrent_images,
+                "max_concurrent_images",
+                defaults.images,
+            ),
+            blobs,
+            blobs_per_region: self.positive(
+                &c.max_concurrent_blobs_per_region,
+                "max_concurrent_blobs_per_region",
+                blobs,
+            ),
+        };
+        let t = &file.timeouts;
+        let dt = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(self.positive(
+                &t.connect_secs,
+                "connect_secs",
+                dt.connect.as_secs(),
+            )),
+            request: Duration::from_secs(self.positive(
+                &t.request_secs,
+                "request_secs",
+                dt.request.as_secs(),
+            )),
+            stall: Duration::from_secs(self.positive(
+                &t.stall_secs,
+                "stall_secs",
+                dt.stall.as_secs(),
+            )),
+        };
+        let max_attempts = self.positive(&file.max_attempts, "max_attempts", DEFAULT_MAX_ATTEMPTS);
+
+        Some(Config {
+            path: path.to_owned(),
+            state_dir,
+            primary: primary?,
+            regions,
+            repositories: RepositoryFilter::new(include, exclude),
+            concurrency,
+            timeouts,
+            max_attempts,
+        })
+    }
+
+    fn registry(&mut self, r: &FileRegistry, role: &str) -> Option<RegistryConfig> {
+        let name = r.name.value.trim();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !name_ok {
+            self.issue(
+                r.name.referenced,
+                format!(
+                    "{role} name {:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                    r.name.value
+                ),
+            );
+        }
+        let url = self.url(&r.url);
+        let credentials = r.credentials.as_ref().and_then(|c| self.credentials(c));
+        let max_concurrent_requests = self.positive(
+            &r.max_concurrent_requests,
+            "max_concurrent_requests",
+            DEFAULT_MAX_CONCURRENT_REQUESTS,
+        );
+        Some(RegistryConfig {
+            name: name.to_owned(),
+            url: url?,
+            credentials,
+            max_concurrent_requests,
+        })
+    }
+
+    fn url(&mut self, s: &Spanned<String>) -> Option<url::Url> {
+        let raw = s.value.trim();
+        let mut url = match url::Url::parse(raw) {
+            Ok(u) => u,
+            Err(e) => {
+                self.issue(
+                    s.referenced,
+                    format!(
+                        "invalid URL {raw:?}: {e} (expected e.g. https://registry.example.com)"
+                    ),
+                );
+                return None;
+            }
+        };
+        if url.scheme() != "http" && url.scheme() != "https" {
+            self.issue(
+                s.referenced,
+                format!("URL {raw:?} must start with http:// or https://"),
+            );
+            return None;
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // Do not echo the URL: it holds a secret.
+            self.issue(
+                s.referenced,
+                "a registry URL must not contain a username or password: use `credentials` with password_env or password_file",
+            );
+            return None;
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            self.issue(
+                s.referenced,
+                format!("URL {raw:?} must not have a query or fragment"),
+            );
+            return None;
+        }
+        if url.host_str().is_none() {
+            self.issue(s.referenced, format!("URL {raw:?} has no host"));
+            return None;
+        }
+        // Store with a trailing slash so `join("v2/...")` keeps any path prefix.
+        if !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        Some(url)
+    }
+
+    fn credentials(&mut self, c: &Spanned<FileCredentials>) -> Option<Credentials> {
+        let at = c.referenced;
+        let c = &c.value;
+        let password = match (&c.password_env, &c.password_file) {
+            (Some(_), Some(f)) => {
+                self.issue(
+                    f.referenced,
+                    "give either password_env or password_file, not both",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.issue(
+                    at,
+                    format!(
+                        "credentials for {:?} need password_env or password_file",
+                        c.username
+                    ),
+                );
+                return None;
+            }
+            (Some(var), None) => match (self.env)(&var.value) {
+                Some(p) => p,
+                None => {
+                    self.issue(
+                        var.referenced,
+                        format!("environment variable {} is not set", var.value),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(file)) => {
+                let p = self.absolute(&file.value);
+                match std::fs::read_to_string(&p) {
+                    Ok(s) => s.trim_end_matches(['\r', '\n']).to_owned(),
+                    Err(e) => {
+                        self.issue(
+                            file.referenced,
+                            format!("cannot read password_file {}: {e}", p.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        if c.username.is_empty() {
+            self.issue(at, "credentials.username must not be empty");
+            return None;
+        }
+        Some(Credentials {
+            username: c.username.clone(),
+            password: Secret::new(password),
+        })
+    }
+
+    fn globs(&mut self, patterns: &[Spanned<String>], what: &str) -> Option<GlobSet> {
+        if patterns.is_empty() {
+            return None;
+        }
+        let mut set = GlobSetBuilder::new();
+        for p in patterns {
+            match GlobBuilder::new(&p.value).literal_separator(true).build() {
+                Ok(g) => {
+                    set.add(g);
+                }
+                Err(e) => self.issue(
+                    p.referenced,
+                    format!("invalid {what} pattern {:?}: {}", p.value, e.kind()),
+                ),
+            }
+        }
+        set.build().ok()
+    }
+}
+
+/// Two URLs name the same registry when scheme, host, port and path agree.
+fn url_identity(u: &url::Url) -> String {
+    format!(
+        "{}://{}:{}{}",
+        u.scheme(),
+        u.host_str().unwrap_or("").to_ascii_lowercase(),
+        u.port_or_known_default().unwrap_or(0),
+        u.path().trim_end_matches('/')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+state_dir: ./georep-state
+primary:
+  name: westeurope
+  url: http://127.0.0.1:5000
+regions:
+  - name: eastus
+    url: http://127.0.0.1:5001
+  - name: japaneast
+    url: http://127.0.0.1:5002
+";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_err(text: &str) -> String {
+        load_str(Path::new("/etc/georep.yaml"), text, &no_env)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = load_str(Path::new("/etc/georep/georep.yaml"), MINIMAL, &no_env).unwrap();
+        assert_eq!(c.primary.name, "westeurope");
+        assert_eq!(c.primary.display_url(), "http://127.0.0.1:5000");
+        assert_eq!(c.regions.len(), 2);
+        assert_eq!(c.state_dir, PathBuf::from("/etc/georep/georep-state"));
+        assert_eq!(c.concurrency, Concurrency::default());
+        assert!(c.repositories.allows("anything/at/all"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let text = MINIMAL.replace("- name: eastus\n", "- name: eastus\n    colour: blue\n");
+        let err = load_err(&text);
+        assert!(err.contains("/etc/georep.yaml:7:5"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let text = format!("{MINIMAL}concurrency:\n  max_concurrent_blobs: lots\n");
+        let err = load_err(&text);
+        assert!(err.contains("/etc/georep.yaml:11:"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_region_and_region_equal_to_primary() {
+        let text = format!(
+            "{MINIMAL}  - name: eastus\n    url: http://127.0.0.1:5003\n  - name: copy\n    url: http://127.0.0.1:5000/\n"
+        );
+        let err = load_err(&text);
+        assert!(err.contains("2 problems"), "{err}");
+        assert!(
+            err.contains("/etc/georep.yaml:10:11: duplicate region name \"eastus\""),
+            "{err}"
+        );
+        assert!(err.contains("/etc/georep.yaml:13:10:"), "{err}");
+        assert!(
+            err.contains("same URL http://127.0.0.1:5000 as the primary"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn region_named_like_primary() {
+        let text = MINIMAL.replace("name: japaneast", "name: westeurope");
+        let err = load_err(&text);
+        assert!(
+            err.contains(
+                ":8:11: duplicate region name \"westeurope\": it is already the primary's name"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn url_with_password_is_refused_without_echo() {
+        let text = MINIMAL.replace("http://127.0.0.1:5001", "http://bob:hunter2@127.0.0.1:5001");
+        let err = load_err(&text);
+        assert!(err.contains(":7:10:"), "{err}");
+        assert!(!err.contains("hunter2") || err.contains("| "), "{err}");
+        let message_line = err.lines().find(|l| l.contains(":7:10:")).unwrap();
+        assert!(!message_line.contains("hunter2"), "{message_line}");
+    }
+
+    #[test]
+    fn credentials_from_env_and_missing_env() {
+        let text = MINIMAL.replace(
+            "  url: http://127.0.0.1:5000\n",
+            "  url: http://127.0.0.1:5000\n  credentials:\n    username: bob\n    password_env: PRIMARY_PW\n",
+        );
+        let env = |k: &str| (k == "PRIMARY_PW").then(|| "s3cret".to_owned());
+        let c = load_str(Path::new("c.yaml"), &text, &env).unwrap();
+        let creds = c.primary.credentials.unwrap();
+        assert_eq!(creds.password.expose(), "s3cret");
+        assert!(!format!("{creds:?}").contains("s3cret"));
+
+        let err = load_err(&text);
+        assert!(
+            err.contains(":7:19: environment variable PRIMARY_PW is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn globs_filter_repositories() {
+        let text = format!(
+            "{MINIMAL}repositories:\n  include: [\"team/**\", \"base\"]\n  exclude: [\"team/*/tmp-*\"]\n"
+        );
+        let c = load_str(Path::new("c.yaml"), &text, &no_env).unwrap();
+        assert!(c.repositories.allows("team/app/api"));
+        assert!(c.repositories.allows("base"));
+        assert!(!c.repositories.allows("other"));
+        assert!(!c.repositories.allows("team/app/tmp-1"));
+
+        let bad = format!("{MINIMAL}repositories:\n  include: [\"team/[\"]\n");
+        let err = load_err(&bad);
+        assert!(err.contains(":11:13: invalid include pattern"), "{err}");
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let text = format!("{MINIMAL}concurrency:\n  max_concurrent_blobs: 0\n");
+        let err = load_err(&text);
+        assert!(
+            err.contains(":11:25: max_concurrent_blobs must be at least 1"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! The typed configuration: what the YAML file says, resolved and validated.
+//!
+//! Two layers. [`file`] holds the serde types that mirror the YAML, with
+//! source locations kept on every value a later check may reject; [`load`]
+//! reads a file, runs every check and produces the [`Config`] below, in which
+//! nothing can be wrong any more: URLs are parsed, passwords are read, globs
+//! are compiled, limits are positive. The rest of the crate sees only
+//! [`Config`].
+//!
+//! Relative paths in the file (`state_dir`, `password_file`) are resolved
+//! against the directory of the config file, not the current directory, so a
+//! config means the same thing whoever starts georep from wherever.
+
+pub mod file;
+mod load;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use load::{LoadError, load, load_str};
+
+/// How many manifest graphs (one repository's tag and everything under it)
+/// are copied at once.
+pub const DEFAULT_MAX_CONCURRENT_IMAGES: usize = 4;
+/// How many blob transfers (one read from the primary, fanned out to every
+/// region that lacks the blob) are in flight at once.
+pub const DEFAULT_MAX_CONCURRENT_BLOBS: usize = 6;
+/// How many HTTP requests may be open to one registry at once.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 16;
+/// Time allowed to open a TCP (and TLS) connection.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+/// Time allowed for a request without a streaming body (manifests, HEADs,
+/// listings, tokens) from start to end.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 60;
+/// How long a blob stream may make no progress before it is abandoned.
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 60;
+/// How many times a request that failed for a transient reason is tried.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub path: PathBuf,
+    /// Where georep keeps its state (absolute).
+    pub state_dir: PathBuf,
+    pub primary: RegistryConfig,
+    pub regions: Vec<RegistryConfig>,
+    pub repositories: RepositoryFilter,
+    pub concurrency: Concurrency,
+    pub timeouts: Timeouts,
+    pub max_attempts: u32,
+}
+
+/// One registry: the primary or a replica region.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// The region's name, as the operator calls it (`westeurope`).
+    pub name: String,
+    /// Base URL of the registry, without a trailing `/` and without userinfo.
+    pub url: url::Url,
+    pub credentials: Option<Credentials>,
+    pub max_concurrent_requests: usize,
+}
+
+impl RegistryConfig {
+    /// A registry without credentials and with default limits, for tools
+    /// and tests that talk to a registry outside any config file.
+    pub fn new(name: &str, url: &str) -> Result<RegistryConfig, url::ParseError> {
+        let mut url = url::Url::parse(url)?;
+        if !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        Ok(RegistryConfig {
+            name: name.to_owned(),
+            url,
+            credentials: None,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+        })
+    }
+
+    /// The URL as printed in messages: scheme, host, port and path, never userinfo.
+    pub fn display_url(&self) -> String {
+        self.url.as_str().trim_end_matches('/').to_owned()
+    }
+}
+
+/// A username and the password read from where the config said.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Which repositories of the primary are replicated.
+#[derive(Clone, Debug, Default)]
+pub struct RepositoryFilter {
+    /// If empty, every repository is included.
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+}
+
+impl RepositoryFilter {
+    pub fn new(include: Option<globset::GlobSet>, exclude: Option<globset::GlobSet>) -> Self {
+        RepositoryFilter { include, exclude }
+    }
+
+    /// Whether `repository` is replicated: it matches an include pattern (or
+    /// there are none) and no exclude pattern.
+    pub fn allows(&self, repository: &str) -> bool {
+        let included = self.include.as_ref().is_none_or(|g| g.is_match(repository));
+        let excluded = self
+            .exclude
+            .as_ref()
+            .is_some_and(|g| g.is_match(repository));
+        included && !excluded
+    }
+}
+
+/// Concurrency bounds (DESIGN invariant 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Concurrency {
+    pub images: usize,
+    pub blobs: usize,
+    /// Blob uploads in flight to any one region.
+    pub blobs_per_region: usize,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            images: DEFAULT_MAX_CONCURRENT_IMAGES,
+            blobs: DEFAULT_MAX_CONCURRENT_BLOBS,
+            blobs_per_region: DEFAULT_MAX_CONCURRENT_BLOBS,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub request: Duration,
+    pub stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+            request: Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+            stall: Duration::from_secs(DEFAULT_STALL_TIMEOUT_SECS),
+        }
+    }
+}

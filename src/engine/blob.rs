@@ -1,0 +1,263 @@
+//! Making one blob present in a repository of several regions: HEAD first,
+//! a cross-repository mount when the region holds the blob elsewhere, and a
+//! streamed copy (one read, fanned out) for the rest.
+//!
+//! Work on a digest is serialised ([`super::locks`]): the first task copies,
+//! later ones for other repositories find it in the region and mount it.
+//!
+//! Uploads run in rounds. Each round reads the blob from the primary once
+//! for every region that lacks it and has a free upload slot; a region whose
+//! slots are all busy (a slow region) does not hold the others back but
+//! waits for a later round with a read of its own. A region that failed for
+//! a transient reason is retried, with backoff, up to `max_attempts`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::future::join_all;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::Engine;
+use super::copy::RegionResults;
+use super::fanout::{Target, fan_out};
+use super::known::RegionId;
+use crate::registry::manifest::Descriptor;
+use crate::registry::retry::Backoff;
+use crate::registry::{Mount, RegistryError, Scope, UploadSession};
+
+impl Engine {
+    pub async fn ensure_blob(
+        &self,
+        repo: &str,
+        desc: Descriptor,
+        regions: &[RegionId],
+    ) -> RegionResults {
+        let span = tracing::debug_span!("blob", digest = %desc.digest.short(), size = desc.size);
+        self.ensure_blob_inner(repo, &desc, regions)
+            .instrument(span)
+            .await
+    }
+
+    async fn ensure_blob_inner(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        regions: &[RegionId],
+    ) -> RegionResults {
+        let digest = &desc.digest;
+        let mut results: RegionResults = BTreeMap::new();
+        let _guard = self.blob_locks.lock(digest.clone()).await;
+
+        // Present already?
+        let heads = regions.iter().map(|&r| async move {
+            if self.known.has_blob(r, repo, digest) {
+                return (r, Ok(true));
+            }
+            let head = self.regions[r]
+                .head_blob(repo, digest, &Scope::push(repo))
+                .await;
+            (r, head.map(|h| h.is_some()))
+        });
+        let mut pending: Vec<RegionId> = Vec::new();
+        for (r, head) in join_all(heads).await {
+            match head {
+                Ok(true) => {
+                    self.known.add_blob(r, repo, digest);
+                    results.insert(r, Ok(()));
+                }
+                Ok(false) => pending.push(r),
+                Err(e) => {
+                    results.insert(r, Err(blob_cause(desc, "checking", &e)));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return results;
+        }
+
+        // Mount where the region holds it in another repository.
+        let mounts = pending.iter().map(|&r| async move {
+            let Some(from) = self.known.mount_source(r, digest, repo) else {
+                return (r, None);
+            };
+            match self.regions[r].mount_blob(repo, digest, &from).await {
+                Ok(Mount::Mounted) => (r, Some(Ok(()))),
+                Ok(Mount::Session(s)) => (r, Some(Err(Some(s)))),
+                Err(e) => {
+                    tracing::debug!(region = %self.regions[r].name(), %from, "mount failed, uploading instead: {e:#}");
+                    (r, Some(Err(None)))
+                }
+            }
+        });
+        let mut sessions: BTreeMap<RegionId, UploadSession> = BTreeMap::new();
+        let mut still = Vec::new();
+        for (r, outcome) in join_all(mounts).await {
+            match outcome {
+                Some(Ok(())) => {
+                    self.counters[r]
+                        .blobs_mounted
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.known.add_blob(r, repo, digest);
+                    results.insert(r, Ok(()));
+                }
+                Some(Err(Some(session))) => {
+                    sessions.insert(r, session);
+                    still.push(r);
+                }
+                _ => still.push(r),
+            }
+        }
+        pending = still;
+
+        // Upload rounds.
+        let backoff = Backoff::new(self.max_attempts);
+        let mut attempts: BTreeMap<RegionId, u32> = BTreeMap::new();
+        while !pending.is_empty() {
+            let read_permit = self
+                .blob_reads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("blob semaphore is never closed");
+            let participants = self.take_upload_slots(&pending).await;
+            let joined: Vec<RegionId> = participants.iter().map(|(r, _)| *r).collect();
+            pending.retain(|r| !joined.contains(r));
+
+            // Each participant needs an open session.
+            let opens = participants.into_iter().map(|(r, permit)| {
+                let existing = sessions.remove(&r);
+                async move {
+                    let session = match existing {
+                        Some(s) => Ok(s),
+                        None => self.regions[r].start_upload(repo).await,
+                    };
+                    (r, permit, session)
+                }
+            });
+            let mut targets = Vec::new();
+            let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+            let mut round: Vec<(RegionId, Result<(), RegistryError>)> = Vec::new();
+            for (r, permit, session) in join_all(opens).await {
+                permits.push(permit);
+                match session {
+                    Ok(session) => targets.push(Target {
+                        region: r,
+                        registry: self.regions[r].clone(),
+                        session,
+                    }),
+                    Err(e) => round.push((r, Err(e))),
+                }
+            }
+            if !targets.is_empty() {
+                tracing::debug!(regions = targets.len(), "streaming blob from the primary");
+                round.extend(
+                    fan_out(
+                        &self.primary,
+                        repo,
+                        desc,
+                        targets,
+                        self.timeouts.stall,
+                        self.timeouts.request,
+                    )
+                    .await,
+                );
+            }
+            drop(permits);
+            drop(read_permit);
+
+            let mut retry_delay = None;
+            for (r, res) in round {
+                match res {
+                    Ok(()) => {
+                        self.counters[r]
+                            .blobs_uploaded
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.counters[r]
+                            .bytes_uploaded
+                            .fetch_add(desc.size, Ordering::Relaxed);
+                        self.known.add_blob(r, repo, digest);
+                        results.insert(r, Ok(()));
+                    }
+                    Err(e) => {
+                        let n = attempts.entry(r).or_insert(0);
+                        *n += 1;
+                        let retryable = (e.is_transient()
+                            || e.status() == Some(reqwest::StatusCode::UNAUTHORIZED))
+                            && !self.regions[r].is_unreachable();
+                        if retryable && *n < self.max_attempts {
+                            tracing::debug!(
+                                region = %self.regions[r].name(),
+                                attempt = *n,
+                                "blob upload failed, will retry: {e:#}"
+                            );
+                            let d = backoff.delay(*n, e.retry_after());
+                            retry_delay =
+                                Some(retry_delay.map_or(d, |x: std::time::Duration| x.max(d)));
+                            pending.push(r);
+                        } else {
+                            results.insert(r, Err(blob_cause(desc, "copying", &e)));
+                        }
+                    }
+                }
+            }
+            if let Some(d) = retry_delay {
+                tokio::time::sleep(d).await;
+            }
+        }
+        // Sessions opened by mounts that were never used.
+        for (r, s) in sessions {
+            self.regions[r].cancel_upload(&s).await;
+        }
+        results
+    }
+
+    /// Upload slots for as many of `pending` as have one free now; if none
+    /// has, waits for the first region to free one.
+    async fn take_upload_slots(
+        &self,
+        pending: &[RegionId],
+    ) -> Vec<(RegionId, OwnedSemaphorePermit)> {
+        let mut got = Vec::new();
+        for &r in pending {
+            if let Ok(p) = self.region_uploads[r].clone().try_acquire_owned() {
+                got.push((r, p));
+            }
+        }
+        if got.is_empty() {
+            let waits = pending.iter().map(|&r| {
+                let sem: Arc<tokio::sync::Semaphore> = self.region_uploads[r].clone();
+                Box::pin(async move { (r, sem.acquire_owned().await) })
+            });
+            let ((r, permit), _, _) = futures::future::select_all(waits).await;
+            if let Ok(p) = permit {
+                got.push((r, p));
+            }
+        }
+        got
+    }
+}
+
+fn blob_cause(desc: &Descriptor, what: &str, e: &RegistryError) -> String {
+    format!(
+        "{what} blob {} ({}) failed: {e:#}",
+        desc.digest,
+        human_bytes(desc.size)
+    )
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

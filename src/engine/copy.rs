@@ -1,0 +1,371 @@
+//! Copying one image — a manifest and everything under it — to the regions
+//! that lack it, in the order that keeps every region consistent: blobs and
+//! child manifests first, the manifest after them, tags last.
+
+use std::collections::BTreeMap;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
+use tracing::Instrument;
+
+use super::Engine;
+use super::known::RegionId;
+use super::plan::ImageJob;
+use super::report::TagState;
+use crate::digest::Digest;
+use crate::registry::manifest::{Descriptor, Kind};
+use crate::registry::{Manifest, Scope};
+
+/// Indexes of indexes (and subject chains) deeper than this are refused:
+/// real images nest two or three levels; a hostile primary could nest more.
+pub const MAX_NESTING: usize = 8;
+
+/// What happened to one tag in one region.
+#[derive(Clone, Debug)]
+pub struct TagOutcome {
+    pub region: RegionId,
+    pub tag: String,
+    pub state: TagState,
+    pub failure: Option<String>,
+}
+
+/// Per region: done, or why not.
+pub type RegionResults = BTreeMap<RegionId, Result<(), String>>;
+
+impl Engine {
+    /// Copies one image to every region whose tags differ from the primary.
+    pub async fn copy_image(&self, job: &ImageJob) -> Vec<TagOutcome> {
+        let span = tracing::info_span!(
+            "image",
+            repository = %job.repository,
+            digest = %job.digest.short()
+        );
+        self.copy_image_inner(job).instrument(span).await
+    }
+
+    async fn copy_image_inner(&self, job: &ImageJob) -> Vec<TagOutcome> {
+        let repo = &job.repository;
+        let mut outcomes = Vec::new();
+
+        // Which regions need which tags.
+        let checks = self.region_ids().into_iter().flat_map(|r| {
+            job.tags.iter().map(move |tag| async move {
+                let head = self.regions[r]
+                    .head_manifest(repo, tag, &Scope::push(repo))
+                    .await;
+                (r, tag.clone(), head)
+            })
+        });
+        let mut needs: BTreeMap<RegionId, Vec<String>> = BTreeMap::new();
+        for (r, tag, head) in join_all(checks).await {
+            match head {
+                Ok(Some(h)) if h.digest == job.digest => {
+                    self.known.add_manifest(r, repo, &job.digest);
+                    outcomes.push(TagOutcome {
+                        region: r,
+                        tag,
+                        state: TagState::InSync,
+                        failure: None,
+                    });
+                }
+                Ok(_) => needs.entry(r).or_default().push(tag),
+                Err(e) => outcomes.push(failed(r, tag, format!("checking the tag failed: {e:#}"))),
+            }
+        }
+        if needs.is_empty() {
+            return outcomes;
+        }
+
+        let fail_all = |outcomes: &mut Vec<TagOutcome>,
+                        needs: &BTreeMap<RegionId, Vec<String>>,
+                        cause: &str| {
+            for (r, tags) in needs {
+                for t in tags {
+                    outcomes.push(failed(*r, t.clone(), cause.to_owned()));
+                }
+            }
+        };
+
+        let root = match self
+            .primary
+            .get_manifest(repo, job.digest.as_str(), &Scope::pull(repo))
+            .await
+        {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                fail_all(
+                    &mut outcomes,
+                    &needs,
+                    "the manifest disappeared from the primary during the pass",
+                );
+                return outcomes;
+            }
+            Err(e) => {
+                fail_all(
+                    &mut outcomes,
+                    &needs,
+                    &format!("reading the manifest from the primary failed: {e:#}"),
+                );
+                return outcomes;
+            }
+        };
+        if let Err(e) = root.kind() {
+            fail_all(&mut outcomes, &needs, &e.to_string());
+            return outcomes;
+        }
+
+        // Regions that hold the manifest already (under another tag) only
+        // need the tag; the others need its content first.
+        let regions: Vec<RegionId> = needs.keys().copied().collect();
+        let (present, errors) = self.manifest_presence(repo, &job.digest, &regions).await;
+        let mut ready: RegionResults = errors.into_iter().map(|(r, e)| (r, Err(e))).collect();
+        let lacking: Vec<RegionId> = regions
+            .iter()
+            .copied()
+            .filter(|r| !present.contains(r) && !ready.contains_key(r))
+            .collect();
+        for r in present {
+            ready.insert(r, Ok(()));
+        }
+        ready.extend(self.ensure_dependencies(repo, &root, &lacking, 0).await);
+
+        // Tags last, one region at a time each, all regions at once.
+        let tag_puts = needs.iter().map(|(r, tags)| {
+            let r = *r;
+            let deps = ready
+                .get(&r)
+                .cloned()
+                .unwrap_or_else(|| Err("not attempted".to_owned()));
+            let root = &root;
+            async move {
+                let mut out = Vec::new();
+                for tag in tags {
+                    let outcome = match &deps {
+                        Err(cause) => failed(r, tag.clone(), cause.clone()),
+                        Ok(()) => match self.regions[r].put_manifest(repo, tag, root).await {
+                            Ok(()) => {
+                                self.counters[r]
+                                    .manifests_pushed
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.known.add_manifest(r, repo, &root.digest);
+                                tracing::info!(
+                                    region = %self.regions[r].name(),
+                                    "replicated {repo}:{tag}"
+                                );
+                                TagOutcome {
+                                    region: r,
+                                    tag: tag.clone(),
+                                    state: TagState::Copied,
+                                    failure: None,
+                                }
+                            }
+                            Err(e) => {
+                                failed(r, tag.clone(), format!("pushing the tag failed: {e:#}"))
+                            }
+                        },
+                    };
+                    out.push(outcome);
+                }
+                out
+            }
+        });
+        for o in join_all(tag_puts).await {
+            outcomes.extend(o);
+        }
+        outcomes
+    }
+
+    /// Which of `regions` already hold manifest `digest` in `repo`, and
+    /// which could not be asked.
+    async fn manifest_presence(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        regions: &[RegionId],
+    ) -> (Vec<RegionId>, Vec<(RegionId, String)>) {
+        let checks = regions.iter().map(|&r| async move {
+            if self.known.has_manifest(r, repo, digest) {
+                return (r, Ok(true));
+            }
+            let head = self.regions[r]
+                .head_manifest(repo, digest.as_str(), &Scope::push(repo))
+                .await;
+            (r, head.map(|h| h.is_some()))
+        });
+        let mut present = Vec::new();
+        let mut errors = Vec::new();
+        for (r, res) in join_all(checks).await {
+            match res {
+                Ok(true) => {
+                    self.known.add_manifest(r, repo, digest);
+                    present.push(r);
+                }
+                Ok(false) => {}
+                Err(e) => errors.push((r, format!("checking manifest {digest} failed: {e:#}"))),
+            }
+        }
+        (present, errors)
+    }
+
+    /// Makes everything `manifest` references present in each of `regions`.
+    fn ensure_dependencies<'a>(
+        &'a self,
+        repo: &'a str,
+        manifest: &'a Manifest,
+        regions: &'a [RegionId],
+        depth: usize,
+    ) -> BoxFuture<'a, RegionResults> {
+        async move {
+            let mut results: RegionResults = BTreeMap::new();
+            if regions.is_empty() {
+                return results;
+            }
+            let refs = match manifest.references() {
+                Ok(r) => r,
+                Err(e) => {
+                    let cause = format!("manifest {}: {e}", manifest.digest);
+                    return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
+                }
+            };
+            let mut work: Vec<BoxFuture<'a, RegionResults>> = Vec::new();
+            for child in refs.manifests {
+                work.push(self.ensure_manifest(repo, child, regions, depth + 1, false));
+            }
+            if let Some(subject) = refs.subject {
+                work.push(self.ensure_manifest(repo, subject, regions, depth + 1, true));
+            }
+            for blob in refs.blobs {
+                if blob.is_foreign() {
+                    tracing::debug!(digest = %blob.digest, "foreign layer: not copied");
+                    continue;
+                }
+                work.push(self.ensure_blob(repo, blob, regions).boxed());
+            }
+            for partial in join_all(work).await {
+                for (r, res) in partial {
+                    let slot = results.entry(r).or_insert(Ok(()));
+                    if slot.is_ok() {
+                        *slot = res;
+                    }
+                }
+            }
+            for &r in regions {
+                results.entry(r).or_insert(Ok(()));
+            }
+            results
+        }
+        .boxed()
+    }
+
+    /// Makes manifest `desc` (a child or a subject) and everything under it
+    /// present in each of `regions`, pushed by digest.
+    fn ensure_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        desc: Descriptor,
+        regions: &'a [RegionId],
+        depth: usize,
+        is_subject: bool,
+    ) -> BoxFuture<'a, RegionResults> {
+        async move {
+            let digest = desc.digest.clone();
+            if depth > MAX_NESTING {
+                let cause = format!("manifest {digest} is nested deeper than {MAX_NESTING} levels");
+                return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
+            }
+            let _guard = self.manifest_locks.lock((repo.to_owned(), digest.clone())).await;
+            let (present, errors) = self.manifest_presence(repo, &digest, regions).await;
+            let mut results: RegionResults =
+                errors.into_iter().map(|(r, e)| (r, Err(e))).collect();
+            let lacking: Vec<RegionId> = regions
+                .iter()
+                .copied()
+                .filter(|r| !present.contains(r) && !results.contains_key(r))
+                .collect();
+            for r in present {
+                results.insert(r, Ok(()));
+            }
+            if lacking.is_empty() {
+                return results;
+            }
+            let manifest = match self
+                .primary
+                .get_manifest(repo, digest.as_str(), &Scope::pull(repo))
+                .await
+            {
+                Ok(Some(m)) => m,
+                Ok(None) if is_subject => {
+                    // A referrer whose subject is not on the primary: there
+                    // is nothing to copy, and registries accept it as is.
+                    tracing::debug!(%digest, "subject not on the primary; copying the referrer alone");
+                    results.extend(lacking.iter().map(|&r| (r, Ok(()))));
+                    return results;
+                }
+                Ok(None) => {
+                    let cause = format!("child manifest {digest} is missing on the primary");
+                    results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                    return results;
+                }
+                Err(e) => {
+                    let cause = format!("reading manifest {digest} from the primary failed: {e:#}");
+                    results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                    return results;
+                }
+            };
+            if manifest.bytes.len() as u64 != desc.size {
+                let cause = format!(
+                    "manifest {digest} is {} bytes on the primary, its descriptor says {}",
+                    manifest.bytes.len(),
+                    desc.size
+                );
+                results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                return results;
+            }
+            if let Err(e) = manifest.kind() {
+                let cause = format!("manifest {digest}: {e}");
+                results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                return results;
+            }
+            if manifest.kind().ok() == Some(Kind::Index) {
+                tracing::debug!(%digest, "copying index");
+            }
+            let deps = self
+                .ensure_dependencies(repo, &manifest, &lacking, depth)
+                .await;
+            let pushes = deps.into_iter().map(|(r, dep)| {
+                let manifest = &manifest;
+                let digest = &digest;
+                async move {
+                    if let Err(e) = dep {
+                        return (r, Err(e));
+                    }
+                    match self.regions[r]
+                        .put_manifest(repo, digest.as_str(), manifest)
+                        .await
+                    {
+                        Ok(()) => {
+                            self.counters[r]
+                                .manifests_pushed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.known.add_manifest(r, repo, digest);
+                            (r, Ok(()))
+                        }
+                        Err(e) => (r, Err(format!("pushing manifest {digest} failed: {e:#}"))),
+                    }
+                }
+            });
+            results.extend(join_all(pushes).await);
+            results
+        }
+        .boxed()
+    }
+}
+
+fn failed(region: RegionId, tag: String, cause: String) -> TagOutcome {
+    TagOutcome {
+        region,
+        tag,
+        state: TagState::Failed,
+        failure: Some(cause),
+    }
+}

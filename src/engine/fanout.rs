@@ -1,0 +1,259 @@
+//! One read, many writes (DESIGN invariant 8): a blob is streamed from the
+//! primary once and written to every region that lacks it, concurrently,
+//! without staging it anywhere.
+//!
+//! The reader hashes and counts every chunk as it passes (invariant 2) and
+//! hands it to one bounded queue per region; each region's streaming `PUT`
+//! drains its queue. Bounded queues give backpressure: memory is
+//! `regions x FANOUT_QUEUE_CHUNKS` chunks whatever the blob size.
+//!
+//! The newest chunk is held back until the next one arrives, and the last
+//! one until the whole stream has been verified. A corrupt blob therefore
+//! never reaches a region complete: its upload is aborted short of its
+//! `Content-Length` and the registry discards it.
+//!
+//! A region whose upload fails drops out without disturbing the others; a
+//! region that accepts nothing for the stall timeout is cut off the same way.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use tokio::sync::mpsc;
+
+use super::known::RegionId;
+use crate::digest::{Digest, Verifier};
+use crate::registry::error::display_url;
+use crate::registry::manifest::Descriptor;
+use crate::registry::{Registry, RegistryError, UploadSession};
+
+/// Chunks queued per region before the reader waits for it.
+pub const FANOUT_QUEUE_CHUNKS: usize = 16;
+
+/// One region taking part in a fan-out.
+pub struct Target {
+    pub region: RegionId,
+    pub registry: Arc<Registry>,
+    pub session: UploadSession,
+}
+
+type Chunk = Result<Bytes, io::Error>;
+
+/// Streams `desc` from `repository` on the primary into every target's
+/// upload session. Returns one result per target, in target order.
+pub async fn fan_out(
+    primary: &Registry,
+    repository: &str,
+    desc: &Descriptor,
+    targets: Vec<Target>,
+    stall: Duration,
+    finish_timeout: Duration,
+) -> Vec<(RegionId, Result<(), RegistryError>)> {
+    let digest = &desc.digest;
+    let mut stream = match primary.get_blob(repository, digest).await {
+        Ok(s) => s,
+        Err(e) => {
+            return fail_all(&targets, &e, true).await;
+        }
+    };
+    if let Some(len) = stream.size
+        && len != desc.size
+    {
+        let e = RegistryError::Corrupt {
+            url: display_url(&stream.url),
+            digest: digest.clone(),
+            mismatch: crate::digest::Mismatch::Size {
+                expected: desc.size,
+                actual: len,
+            },
+        };
+        return fail_all(&targets, &e, true).await;
+    }
+
+    // Start every upload; each drains its own queue.
+    let mut lanes: Vec<Lane> = Vec::with_capacity(targets.len());
+    for t in &targets {
+        let (tx, rx) = mpsc::channel::<Chunk>(FANOUT_QUEUE_CHUNKS);
+        let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let registry = t.registry.clone();
+        let session = t.session.clone();
+        let (d, size) = (digest.clone(), desc.size);
+        let task = tokio::spawn(async move { registry.put_upload(&session, &d, size, body).await });
+        lanes.push(Lane {
+            region: t.region,
+            url: display_url(&t.session.url),
+            tx: Some(tx),
+            task,
+            failure: None,
+        });
+    }
+
+    let mut verifier = Verifier::new(digest, Some(desc.size));
+    let mut held: Option<Bytes> = None;
+    let source_error: Option<RegistryError> = loop {
+        let next = match tokio::time::timeout(stall, stream.next()).await {
+            Err(_) => {
+                break Some(RegistryError::Stalled {
+                    method: Method::GET,
+                    url: display_url(&stream.url),
+                    after: stall,
+                });
+            }
+            Ok(n) => n,
+        };
+        match next {
+            None => break None,
+            Some(Err(e)) => break Some(e),
+            Some(Ok(chunk)) => {
+                if let Err(mismatch) = verifier.update(&chunk) {
+                    break Some(RegistryError::Corrupt {
+                        url: display_url(&stream.url),
+                        digest: digest.clone(),
+                        mismatch,
+                    });
+                }
+                if let Some(prev) = held.replace(chunk) {
+                    send_to_all(&mut lanes, prev, stall).await;
+                    if lanes.iter().all(|l| l.tx.is_none()) {
+                        // Every region dropped out: stop reading.
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    drop(stream);
+
+    let source_error = match source_error {
+        Some(e) => Some(e),
+        None if lanes.iter().all(|l| l.tx.is_none()) => None,
+        None => verifier
+            .finish()
+            .err()
+            .map(|mismatch| RegistryError::Corrupt {
+                url: display_url(&primary_blob_url(primary, repository, digest)),
+                digest: digest.clone(),
+                mismatch,
+            }),
+    };
+
+    match &source_error {
+        None => {
+            if let Some(last) = held.take() {
+                send_to_all(&mut lanes, last, stall).await;
+            }
+        }
+        Some(e) => {
+            // Abort every upload short of its length: nothing is committed.
+            for lane in &mut lanes {
+                if let Some(tx) = lane.tx.take() {
+                    let _ = tx.try_send(Err(io::Error::other(e.to_string())));
+                }
+            }
+        }
+    }
+    // Closing the queues ends each body.
+    for lane in &mut lanes {
+        lane.tx = None;
+    }
+
+    let mut out = Vec::with_capacity(lanes.len());
+    for (lane, target) in lanes.into_iter().zip(&targets) {
+        let Lane {
+            region,
+            task,
+            failure,
+            ..
+        } = lane;
+        let result = if let Some(e) = &source_error {
+            task.abort();
+            Err(e.clone())
+        } else if let Some(f) = failure {
+            task.abort();
+            Err(f)
+        } else {
+            match tokio::time::timeout(finish_timeout, task).await {
+                Err(_) => Err(RegistryError::Stalled {
+                    method: Method::PUT,
+                    url: display_url(&target.session.url),
+                    after: finish_timeout,
+                }),
+                Ok(Err(join)) => Err(RegistryError::Protocol {
+                    method: Method::PUT,
+                    url: display_url(&target.session.url),
+                    reason: format!("upload task failed: {join}"),
+                }),
+                Ok(Ok(r)) => r,
+            }
+        };
+        if result.is_err() {
+            // A failed PUT leaves its session open on the registry.
+            target.registry.cancel_upload(&target.session).await;
+        }
+        out.push((region, result));
+    }
+    out
+}
+
+struct Lane {
+    region: RegionId,
+    url: String,
+    tx: Option<mpsc::Sender<Chunk>>,
+    task: tokio::task::JoinHandle<Result<(), RegistryError>>,
+    failure: Option<RegistryError>,
+}
+
+/// Hands `chunk` to every live lane, waiting (up to `stall`) for full queues.
+async fn send_to_all(lanes: &mut [Lane], chunk: Bytes, stall: Duration) {
+    for lane in lanes.iter_mut() {
+        let Some(tx) = &lane.tx else { continue };
+        let sent = match tx.try_send(Ok(chunk.clone())) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                match tokio::time::timeout(stall, tx.send(item)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(None),
+                    Err(_) => Err(Some(stall)),
+                }
+            }
+        };
+        match sent {
+            Ok(()) => {}
+            // The upload ended early: its task holds the reason.
+            Err(None) => lane.tx = None,
+            Err(Some(after)) => {
+                lane.tx = None;
+                lane.failure = Some(RegistryError::Stalled {
+                    method: Method::PUT,
+                    url: lane.url.clone(),
+                    after,
+                });
+            }
+        }
+    }
+}
+
+fn primary_blob_url(primary: &Registry, repository: &str, digest: &Digest) -> url::Url {
+    url::Url::parse(&format!("{}/v2/{repository}/blobs/{digest}", primary.url()))
+        .unwrap_or_else(|_| url::Url::parse("http://invalid/").expect("static URL parses"))
+}
+
+async fn fail_all(
+    targets: &[Target],
+    e: &RegistryError,
+    cancel: bool,
+) -> Vec<(RegionId, Result<(), RegistryError>)> {
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        if cancel {
+            t.registry.cancel_upload(&t.session).await;
+        }
+        out.push((t.region, Err(e.clone())));
+    }
+    out
+}

@@ -1,0 +1,244 @@
+//! What a sync pass did, per region and per tag, and what failed and why:
+//! rendered as an aligned table for people and as JSON for programs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::registry::StatsSnapshot;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    pub primary: PrimaryReport,
+    pub regions: Vec<RegionReport>,
+    /// Every tag the primary listed, and its state in each region.
+    pub tags: Vec<TagReport>,
+    pub failures: Vec<Failure>,
+    pub elapsed_secs: f64,
+    /// Peak resident memory of this process so far, where the OS tells.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PrimaryReport {
+    pub name: String,
+    pub url: String,
+    pub repositories: usize,
+    pub tags: usize,
+    pub requests: StatsSnapshot,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RegionReport {
+    pub name: String,
+    pub url: String,
+    /// Tags the primary lists (after the repository filter).
+    pub tags_total: usize,
+    /// Tags that already pointed at the primary's digest.
+    pub tags_in_sync: usize,
+    /// Tags created or moved by this pass.
+    pub tags_copied: usize,
+    pub tags_failed: usize,
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub blobs_mounted: u64,
+    pub manifests_pushed: u64,
+    /// The region could not be reached at the end of the pass.
+    pub unreachable: bool,
+    pub requests: StatsSnapshot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagState {
+    /// Already pointed at the primary's digest.
+    InSync,
+    /// Set by this pass.
+    Copied,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TagReport {
+    pub repository: String,
+    pub tag: String,
+    pub digest: Digest,
+    /// Region name -> state.
+    pub regions: BTreeMap<String, TagState>,
+}
+
+/// One thing that did not replicate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// The region, or the primary's name for failures reading the primary.
+    pub region: String,
+    pub repository: Option<String>,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+    pub cause: String,
+}
+
+impl SyncReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The aligned human summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let headers = [
+            "REGION",
+            "URL",
+            "TAGS",
+            "IN SYNC",
+            "COPIED",
+            "FAILED",
+            "BLOBS",
+            "MIB",
+            "MOUNTED",
+            "MANIFESTS",
+        ];
+        let mut rows: Vec<Vec<String>> = vec![headers.iter().map(|s| s.to_string()).collect()];
+        for r in &self.regions {
+            let name = if r.unreachable {
+                format!("{} (unreachable)", r.name)
+            } else {
+                r.name.clone()
+            };
+            rows.push(vec![
+                name,
+                r.url.clone(),
+                r.tags_total.to_string(),
+                r.tags_in_sync.to_string(),
+                r.tags_copied.to_string(),
+                r.tags_failed.to_string(),
+                r.blobs_uploaded.to_string(),
+                format!("{:.1}", r.bytes_uploaded as f64 / (1024.0 * 1024.0)),
+                r.blobs_mounted.to_string(),
+                r.manifests_pushed.to_string(),
+            ]);
+        }
+        out.push_str(&table(
+            &rows,
+            &[false, false, true, true, true, true, true, true, true, true],
+        ));
+        let _ = writeln!(
+            out,
+            "primary {} ({}): {} repositories, {} tags; {:.1}s",
+            self.primary.name,
+            self.primary.url,
+            self.primary.repositories,
+            self.primary.tags,
+            self.elapsed_secs
+        );
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\n{} failed:", self.failures.len());
+            for f in &self.failures {
+                let what = match (&f.repository, &f.tag) {
+                    (Some(r), Some(t)) => format!("{r}:{t}"),
+                    (Some(r), None) => r.clone(),
+                    _ => "-".to_owned(),
+                };
+                let digest = f.digest.as_ref().map(|d| d.short()).unwrap_or("-");
+                let _ = writeln!(out, "  {}  {}  {}  {}", f.region, what, digest, f.cause);
+            }
+        }
+        out
+    }
+
+    /// Where each tag landed, one line per tag, for the demo.
+    pub fn render_tags(&self) -> String {
+        let mut rows = vec![{
+            let mut h = vec!["TAG".to_owned(), "DIGEST".to_owned()];
+            h.extend(self.regions.iter().map(|r| r.name.to_uppercase()));
+            h
+        }];
+        for t in &self.tags {
+            let mut row = vec![
+                format!("{}:{}", t.repository, t.tag),
+                t.digest.short().to_owned(),
+            ];
+            for r in &self.regions {
+                row.push(
+                    match t.regions.get(&r.name) {
+                        Some(TagState::InSync) => "in sync",
+                        Some(TagState::Copied) => "copied",
+                        Some(TagState::Failed) => "FAILED",
+                        None => "-",
+                    }
+                    .to_owned(),
+                );
+            }
+            rows.push(row);
+        }
+        let right = vec![false; rows[0].len()];
+        table(&rows, &right)
+    }
+}
+
+/// Left- or right-aligned columns separated by two spaces.
+pub fn table(rows: &[Vec<String>], right_align: &[bool]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            let pad = widths[c].saturating_sub(cell.chars().count());
+            if right_align.get(c).copied().unwrap_or(false) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns() {
+        let rows = vec![
+            vec!["A".to_owned(), "N".to_owned()],
+            vec!["long".to_owned(), "1".to_owned()],
+            vec!["x".to_owned(), "100".to_owned()],
+        ];
+        assert_eq!(
+            table(&rows, &[false, true]),
+            "A       N\nlong    1\nx     100\n"
+        );
+    }
+
+    #[test]
+    fn peak_rss_is_known_on_linux() {
+        assert!(peak_rss_bytes().unwrap() > 0);
+    }
+}

@@ -1,0 +1,29 @@
+//! georep: geo-replication of OCI container registries.
+//!
+//! # Layout
+//!
+//! - [`cli`] — command-line definitions (clap) only.
+//! - [`commands`] — one file per subcommand: `sync`, `check-config`, `demo`.
+//! - [`config`] — the YAML config: serde types, loading, validation with
+//!   file, line and column.
+//! - [`registry`] — HTTP client for the OCI distribution API: auth (basic,
+//!   bearer tokens with scopes), manifests, blobs (stream, upload, mount),
+//!   listings, retries, circuit breaker, request counters.
+//! - [`digest`] — content digests and streaming verification.
+//! - [`engine`] — the replication pass: list the primary, diff each region,
+//!   copy blobs (one read fanned out to every region) then manifests then
+//!   tags, and report.
+//! - [`corpus`] — deterministic synthetic images for the demo, the tests and
+//!   the benchmark.
+//! - [`localreg`] — local `docker-registry` processes for the demo, tests
+//!   and benchmark.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod corpus;
+pub mod digest;
+pub mod engine;
+pub mod localreg;
+pub mod registry;

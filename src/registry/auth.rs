@@ -1,0 +1,416 @@
+//! Authentication: anonymous, HTTP basic, and the distribution bearer-token
+//! flow, behind one token service per registry.
+//!
+//! The scheme is learnt from the registry's first `401` challenge
+//! (`WWW-Authenticate`). With bearer auth every request names the scopes it
+//! needs (`repository:R:pull`, `repository:R:pull,push`, the source
+//! repository's pull scope for a cross-repository mount, `registry:catalog:*`
+//! for the catalog); one token per scope set is fetched from the realm,
+//! cached until shortly before it expires, and shared by every request that
+//! needs the same scopes. Concurrent requests for the same scopes wait for
+//! one token fetch instead of stampeding the token service.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::header::HeaderValue;
+
+use super::error::{RegistryError, display_url};
+use super::stats::{Op, Stats};
+use crate::config::{Credentials, Secret};
+
+/// Tokens that do not say how long they live are assumed to live this long
+/// (the distribution token spec's default).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A cached token is renewed this long before it expires.
+const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// Token service answers larger than this are refused.
+const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The access a request needs, as distribution token scopes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Scope(Vec<String>);
+
+impl Scope {
+    pub fn pull(repository: &str) -> Scope {
+        Scope(vec![format!("repository:{repository}:pull")])
+    }
+    pub fn push(repository: &str) -> Scope {
+        Scope(vec![format!("repository:{repository}:pull,push")])
+    }
+    /// Push to `repository` and read `from`, for a cross-repository mount.
+    pub fn mount(repository: &str, from: &str) -> Scope {
+        Scope(vec![
+            format!("repository:{repository}:pull,push"),
+            format!("repository:{from}:pull"),
+        ])
+    }
+    pub fn catalog() -> Scope {
+        Scope(vec!["registry:catalog:*".to_owned()])
+    }
+    /// No particular access (the `/v2/` ping).
+    pub fn none() -> Scope {
+        Scope(Vec::new())
+    }
+    fn key(&self) -> String {
+        self.0.join(" ")
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("(no scope)")
+        } else {
+            f.write_str(&self.key())
+        }
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// Parses the first challenge of a `WWW-Authenticate` header value.
+/// Quoted values may contain commas (scopes do) and escaped quotes.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
+    let params = parse_auth_params(rest);
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => {
+            let realm = params.get("realm")?.clone();
+            Some(Challenge::Bearer {
+                realm,
+                service: params.get("service").cloned(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn parse_auth_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            // A bare token: the start of a second challenge. Stop here.
+            break;
+        }
+        chars.next();
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => break,
+                    _ => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+            value = value.trim().to_owned();
+        }
+        out.insert(key.to_ascii_lowercase(), value);
+    }
+    out
+}
+
+#[derive(Clone, Debug)]
+enum Scheme {
+    /// No challenge seen yet: requests go out anonymously.
+    Unknown,
+    Basic,
+    Bearer {
+        realm: url::Url,
+        service: Option<String>,
+    },
+}
+
+struct Token {
+    value: Secret,
+    renew_at: Instant,
+}
+
+type TokenSlot = Arc<tokio::sync::Mutex<Option<Token>>>;
+
+/// The token service of one registry.
+pub struct Auth {
+    credentials: Option<Credentials>,
+    stats: Arc<Stats>,
+    scheme: RwLock<Scheme>,
+    tokens: Mutex<HashMap<String, TokenSlot>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl Auth {
+    pub fn new(credentials: Option<Credentials>, stats: Arc<Stats>) -> Self {
+        Auth {
+            credentials,
+            stats,
+            scheme: RwLock::new(Scheme::Unknown),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        let c = self.credentials.as_ref()?;
+        let raw = format!("{}:{}", c.username, c.password.expose());
+        let mut v = HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        ))
+        .ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    fn scheme(&self) -> Scheme {
+        // A poisoned lock only means another thread panicked mid-write of a
+        // plain enum; the value is still usable.
+        self.scheme
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The `Authorization` header for a request needing `scope`, if any.
+    pub async fn header(
+        &self,
+        http: &reqwest::Client,
+        scope: &Scope,
+        timeout: Duration,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        match self.scheme() {
+            Scheme::Unknown => Ok(None),
+            Scheme::Basic => Ok(self.basic_header()),
+            Scheme::Bearer { realm, service } => {
+                let slot = {
+                    let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                    tokens.entry(scope.key()).or_default().clone()
+                };
+                let mut token = slot.lock().await;
+                if let Some(t) = token.as_ref()
+                    && Instant::now() < t.renew_at
+                {
+                    return Ok(Some(bearer(&t.value)));
+                }
+                let fresh = self
+                    .fetch_token(http, &realm, service.as_deref(), scope, timeout)
+                    .await?;
+                let header = bearer(&fresh.value);
+                *token = Some(fresh);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    /// Learns from a `401`. Returns whether the request is worth repeating
+    /// with new credentials.
+    pub fn on_unauthorized(&self, www_authenticate: Option<&str>, scope: &Scope) -> bool {
+        let Some(challenge) = www_authenticate.and_then(parse_challenge) else {
+            return false;
+        };
+        let mut scheme = self.scheme.write().unwrap_or_else(|e| e.into_inner());
+        match challenge {
+            Challenge::Basic => {
+                *scheme = Scheme::Basic;
+                // Repeating helps if we have credentials: this request may
+                // have gone out before the scheme was known. The caller
+                // repeats at most once, so wrong credentials do not loop.
+                self.credentials.is_some()
+            }
+            Challenge::Bearer { realm, service } => {
+                let Ok(realm) = url::Url::parse(&realm) else {
+                    return false;
+                };
+                *scheme = Scheme::Bearer { realm, service };
+                drop(scheme);
+                // Forget the token for this scope: it was refused (or never
+                // existed); the next header() fetches a new one.
+                let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = tokens.get(&scope.key())
+                    && let Ok(mut t) = slot.try_lock()
+                {
+                    *t = None;
+                }
+                true
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        http: &reqwest::Client,
+        realm: &url::Url,
+        service: Option<&str>,
+        scope: &Scope,
+        timeout: Duration,
+    ) -> Result<Token, RegistryError> {
+        let fail = |reason: String| RegistryError::Auth {
+            realm: display_url(realm),
+            scope: scope.to_string(),
+            reason,
+        };
+        let mut url = realm.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            for s in &scope.0 {
+                q.append_pair("scope", s);
+            }
+        }
+        let mut req = http.get(url).timeout(timeout);
+        if let Some(h) = self.basic_header() {
+            req = req.header(reqwest::header::AUTHORIZATION, h);
+        }
+        let started = Instant::now();
+        self.stats.request(Op::Token);
+        let resp = req.send().await.map_err(|e| fail(format!("{e:#}")))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+                match &self.credentials {
+                    Some(c) => format!(" (credentials of user {:?} refused)", c.username),
+                    None => " (the registry needs credentials: add `credentials` to its config)"
+                        .to_owned(),
+                }
+            } else {
+                String::new()
+            };
+            return Err(fail(format!("token service answered HTTP {status}{hint}")));
+        }
+        let body = super::read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
+            .await
+            .map_err(|e| fail(format!("reading the answer: {e:#}")))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("answer is not a token response: {e}")))?;
+        let value = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| fail("answer holds no token".to_owned()))?;
+        let lifetime = parsed
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let margin = TOKEN_EXPIRY_MARGIN.min(lifetime / 2);
+        Ok(Token {
+            value: Secret::new(value),
+            renew_at: started + lifetime - margin,
+        })
+    }
+}
+
+fn bearer(token: &Secret) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token-characters"));
+    v.set_sensitive(true);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_with_commas_in_scope() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push",error="insufficient_scope""#,
+        );
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer {
+                realm: "https://auth.example.com/token".into(),
+                service: Some("registry.example.com".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn parses_basic_and_odd_spacing() {
+        assert_eq!(
+            parse_challenge(r#"Basic realm="basic-realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            parse_challenge(r#"bearer  realm = "http://h/t" , service=svc"#),
+            Some(Challenge::Bearer {
+                realm: "http://h/t".into(),
+                service: Some("svc".into())
+            })
+        );
+        assert_eq!(parse_challenge("Bearer service=x"), None);
+        assert_eq!(parse_challenge("Negotiate abc"), None);
+        assert_eq!(parse_challenge(""), None);
+    }
+
+    #[test]
+    fn escaped_quotes_in_values() {
+        let p = parse_auth_params(r#"realm="a\"b", x=1"#);
+        assert_eq!(p["realm"], "a\"b");
+        assert_eq!(p["x"], "1");
+    }
+
+    #[test]
+    fn scopes_format() {
+        assert_eq!(
+            Scope::mount("team/app", "base").to_string(),
+            "repository:team/app:pull,push repository:base:pull"
+        );
+    }
+}

@@ -1,0 +1,937 @@
+//! An HTTP client for one registry speaking the OCI distribution API.
+//!
+//! Written on reqwest rather than on oci-client's `Client`: the copy path
+//! must stream blobs straight from one registry into others (oci-client
+//! buffers whole blobs on push), mount with the source repository's pull
+//! scope, ask the catalog scope for `_catalog`, and retry with knowledge of
+//! which failures are transient. oci-client still supplies the media-type
+//! constants and reference grammar ([`names`]).
+//!
+//! Every request goes through [`Registry::send`], which holds a permit of the
+//! registry's concurrency limit, adds authentication, consults the circuit
+//! breaker, retries transient failures with backoff (honouring
+//! `Retry-After`), and counts what it did.
+
+pub mod auth;
+pub mod breaker;
+pub mod error;
+pub mod manifest;
+pub mod names;
+pub mod retry;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LINK, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
+use reqwest::{Method, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{RegistryConfig, Timeouts};
+use crate::digest::Digest;
+use auth::Auth;
+pub use auth::Scope;
+use breaker::Breaker;
+pub use error::RegistryError;
+use error::display_url;
+pub use manifest::Manifest;
+use retry::Backoff;
+pub use stats::{Op, Stats, StatsSnapshot};
+
+/// Page size for `_catalog` and `tags/list`; the distribution registry
+/// rejects `n` above 1000.
+pub const LIST_PAGE_SIZE: usize = 1000;
+/// A listing longer than this many pages is assumed to loop.
+const MAX_LIST_PAGES: usize = 100_000;
+/// Error bodies are read up to this size for their `errors[].code`.
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+/// Listing pages larger than this are refused.
+const MAX_LIST_BODY_BYTES: usize = 16 << 20;
+
+/// One registry: its name, URL, credentials, limits and counters.
+pub struct Registry {
+    name: String,
+    base: url::Url,
+    display: String,
+    http: reqwest::Client,
+    auth: Auth,
+    permits: Arc<Semaphore>,
+    breaker: Breaker,
+    backoff: Backoff,
+    timeouts: Timeouts,
+    stats: Arc<Stats>,
+}
+
+/// Which deadline a request gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// The whole exchange, body included, within the request timeout.
+    WholeRequest,
+    /// Only the response head within the request timeout; the body streams.
+    StreamedBody,
+}
+
+/// A response, with the concurrency permit it still occupies.
+pub struct Answer {
+    pub resp: reqwest::Response,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A blob being downloaded: a stream of chunks, holding its request permit
+/// until dropped.
+pub struct BlobStream {
+    pub size: Option<u64>,
+    pub url: url::Url,
+    stream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BlobStream {
+    pub async fn next(&mut self) -> Option<Result<Bytes, RegistryError>> {
+        self.stream.next().await
+    }
+}
+
+/// An open upload session (the `Location` of a `POST .../blobs/uploads/`).
+#[derive(Clone, Debug)]
+pub struct UploadSession {
+    pub repository: String,
+    pub url: url::Url,
+}
+
+/// What a cross-repository mount did.
+#[derive(Debug)]
+pub enum Mount {
+    /// The blob is now in the target repository.
+    Mounted,
+    /// The registry did not mount and opened an upload session instead,
+    /// which must be used or cancelled.
+    Session(UploadSession),
+}
+
+/// The head of a manifest: what `HEAD` tells without the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// Options shared by every registry client in a process.
+pub fn http_client(timeouts: &Timeouts) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .user_agent(concat!("georep/", env!("CARGO_PKG_VERSION")))
+        .build()
+        // Building fails only if the TLS backend cannot initialise, which
+        // would make every registry unusable: nothing sensible to continue with.
+        .expect("HTTP client (TLS backend) failed to initialise")
+}
+
+impl Registry {
+    pub fn new(
+        config: &RegistryConfig,
+        http: reqwest::Client,
+        timeouts: Timeouts,
+        max_attempts: u32,
+    ) -> Self {
+        let stats = Arc::new(Stats::default());
+        let display = config.display_url();
+        Registry {
+            name: config.name.clone(),
+            base: config.url.clone(),
+            breaker: Breaker::new(&config.name, &display),
+            display,
+            http,
+            auth: Auth::new(config.credentials.clone(), stats.clone()),
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            backoff: Backoff::new(max_attempts),
+            timeouts,
+            stats,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The base URL for messages (`http://127.0.0.1:5001`).
+    pub fn url(&self) -> &str {
+        &self.display
+    }
+
+    /// `host:port` as container tools write it in references.
+    pub fn host(&self) -> String {
+        let host = self.base.host_str().unwrap_or("");
+        match self.base.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        }
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    fn endpoint(&self, path: &str) -> url::Url {
+        // `base` always ends with '/', and callers pass validated names, so
+        // joining a relative path cannot fail or escape the base.
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    }
+
+    /// Sends a request that can be repeated, retrying transient failures and
+    /// re-authenticating once on `401`. Any final status is returned; the
+    /// caller decides which ones are success.
+    pub async fn send(
+        &self,
+        op: Op,
+        method: Method,
+        url: url::Url,
+        scope: &Scope,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Answer, RegistryError> {
+        self.send_with(op, method, url, scope, headers, body, Timing::WholeRequest)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with(
+        &self,
+        op: Op,
+        method: Method,
+        url: url::Url,
+        scope: &Scope,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        timing: Timing,
+    ) -> Result<Answer, RegistryError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            // The semaphore is never closed.
+            .expect("registry semaphore closed");
+        let mut attempt = 0u32;
+        let mut reauthenticated = false;
+        loop {
+            attempt += 1;
+            self.breaker.check()?;
+            let authorization = self
+                .auth
+                .header(&self.http, scope, self.timeouts.request)
+                .await?;
+            let mut rb = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if timing == Timing::WholeRequest {
+                rb = rb.timeout(self.timeouts.request);
+            }
+            if let Some(a) = authorization {
+                rb = rb.header(reqwest::header::AUTHORIZATION, a);
+            }
+            if let Some(b) = &body {
+                rb = rb.body(b.clone());
+            }
+            self.stats.request(op);
+            // A streamed body has no overall deadline (stalls are detected
+            // per chunk by the reader); only the wait for the head has one.
+            let sent = match tokio::time::timeout(self.timeouts.request, rb.send()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let err = RegistryError::Stalled {
+                        method: method.clone(),
+                        url: display_url(&url),
+                        after: self.timeouts.request,
+                    };
+                    self.breaker.record_failure(&err);
+                    if attempt >= self.backoff.max_attempts {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(self.backoff.delay(attempt, None)).await;
+                    continue;
+                }
+            };
+            let failure = match sent {
+                Err(e) => {
+                    let err = RegistryError::transport(method.clone(), &url, e);
+                    self.breaker.record_failure(&err);
+                    err
+                }
+                Ok(resp) => {
+                    self.breaker.record_success();
+                    let status = resp.status();
+                    if status == StatusCode::UNAUTHORIZED && !reauthenticated {
+                        let challenge = resp
+                            .headers()
+                            .get(WWW_AUTHENTICATE)
+                            .and_then(|v| v.to_str().ok());
+                        if self.auth.on_unauthorized(challenge, scope) {
+                            reauthenticated = true;
+                            attempt -= 1;
+                            continue;
+                        }
+                    }
+                    if !error::is_transient_status(status) {
+                        return Ok(Answer { resp, permit });
+                    }
+                    status_error(method.clone(), &url, resp).await
+                }
+            };
+            if !failure.is_transient() || attempt >= self.backoff.max_attempts {
+                return Err(failure);
+            }
+            let delay = self.backoff.delay(attempt, failure.retry_after());
+            tracing::debug!(
+                registry = %self.name,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                "retrying after transient failure: {failure:#}"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// `GET /v2/`: is this a registry, and can we authenticate?
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let url = self.endpoint("v2/");
+        let a = self
+            .send(
+                Op::Ping,
+                Method::GET,
+                url,
+                &Scope::none(),
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        // With bearer auth `/v2/` answers 401 even with a valid scope-less
+        // token on some registries; reaching it at all is what counts.
+        if a.resp.status().is_success() || a.resp.status() == StatusCode::UNAUTHORIZED {
+            Ok(())
+        } else {
+            Err(a.into_error(Method::GET).await)
+        }
+    }
+
+    /// Every repository in the catalog, following `Link` pagination.
+    pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let first = self.endpoint(&format!("v2/_catalog?n={LIST_PAGE_SIZE}"));
+        self.paginate(Op::Catalog, first, &Scope::catalog(), |b| {
+            serde_json::from_slice::<Page>(b).map(|p| p.repositories.unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Every tag of `repository`; empty if the repository is unknown.
+    pub async fn tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let first = self.endpoint(&format!("v2/{repository}/tags/list?n={LIST_PAGE_SIZE}"));
+        match self
+            .paginate(Op::TagsList, first, &Scope::pull(repository), |b| {
+                serde_json::from_slice::<Page>(b).map(|p| p.tags.unwrap_or_default())
+            })
+            .await
+        {
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    async fn paginate(
+        &self,
+        op: Op,
+        first: url::Url,
+        scope: &Scope,
+        parse: impl Fn(&[u8]) -> Result<Vec<String>, serde_json::Error>,
+    ) -> Result<Vec<String>, RegistryError> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_LIST_PAGES {
+                return Err(RegistryError::Protocol {
+                    method: Method::GET,
+                    url: display_url(&url),
+                    reason: format!("listing did not end after {MAX_LIST_PAGES} pages"),
+                });
+            }
+            let a = self
+                .send(op, Method::GET, url.clone(), scope, HeaderMap::new(), None)
+                .await?;
+            if a.resp.status() != StatusCode::OK {
+                return Err(a.into_error(Method::GET).await);
+            }
+            let link = a
+                .resp
+                .headers()
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .and_then(|l| url.join(&l).ok());
+            let body = read_limited(a.resp, MAX_LIST_BODY_BYTES)
+                .await
+                .map_err(|e| RegistryError::transport(Method::GET, &url, e))?;
+            let items = parse(&body).map_err(|e| RegistryError::Protocol {
+                method: Method::GET,
+                url: display_url(&url),
+                reason: format!("listing is not valid JSON: {e}"),
+            })?;
+            let empty = items.is_empty();
+            out.extend(items);
+            // A registry that sends a `next` link with an empty page would
+            // loop forever; an empty page ends the listing.
+            if !empty && link.as_ref() != Some(&url) {
+                next = link;
+            }
+        }
+        Ok(out)
+    }
+
+    fn manifest_url(&self, repository: &str, reference: &str) -> url::Url {
+        self.endpoint(&format!("v2/{repository}/manifests/{reference}"))
+    }
+
+    fn accept_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
+        h
+    }
+
+    /// `HEAD` a manifest by tag or digest; `None` if absent.
+    pub async fn head_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        scope: &Scope,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        let url = self.manifest_url(repository, reference);
+        let a = self
+            .send(
+                Op::ManifestHead,
+                Method::HEAD,
+                url.clone(),
+                scope,
+                Self::accept_headers(),
+                None,
+            )
+            .await?;
+        match a.resp.status() {
+            StatusCode::OK => {
+                let h = a.resp.headers();
+                let digest = h
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<Digest>().ok());
+                let digest = match digest {
+                    Some(d) => d,
+                    // Registries that omit the header: the reference is
+                    // the digest, or a GET must tell.
+                    None => match reference.parse::<Digest>() {
+                        Ok(d) => d,
+                        Err(_) => {
+                            drop(a);
+                            let m = self.get_manifest(repository, reference, scope).await?;
+                            return Ok(m.map(|m| ManifestHead {
+                                size: Some(m.bytes.len() as u64),
+                                media_type: Some(m.media_type),
+                                digest: m.digest,
+                            }));
+                        }
+                    },
+                };
+                Ok(Some(ManifestHead {
+                    digest,
+                    media_type: h
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    size: h
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                }))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(a.into_error(Method::HEAD).await),
+        }
+    }
+
+    /// `GET` a manifest by tag or digest, verified: by digest, the bytes must
+    /// hash to it; by tag, they must hash to the `Docker-Content-Digest`.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        scope: &Scope,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let url = self.manifest_url(repository, reference);
+        let a = self
+            .send(
+                Op::ManifestGet,
+                Method::GET,
+                url.clone(),
+                scope,
+                Self::accept_headers(),
+                None,
+            )
+            .await?;
+        match a.resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(a.into_error(Method::GET).await),
+        }
+        let headers = a.resp.headers().clone();
+        let bytes = read_limited(a.resp, manifest::MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| RegistryError::transport(Method::GET, &url, e))?;
+        self.stats.read(bytes.len() as u64);
+        let claimed = reference.parse::<Digest>().ok().or_else(|| {
+            headers
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        });
+        let digest = match claimed {
+            Some(expected) => {
+                let mut v = crate::digest::Verifier::new(&expected, None);
+                let verified = v.update(&bytes).and_then(|()| v.finish());
+                if let Err(mismatch) = verified {
+                    return Err(RegistryError::Corrupt {
+                        url: display_url(&url),
+                        digest: expected,
+                        mismatch,
+                    });
+                }
+                expected
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        let media_type = Manifest::resolve_media_type(
+            headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+            &bytes,
+        );
+        Ok(Some(Manifest {
+            bytes,
+            media_type,
+            digest,
+        }))
+    }
+
+    /// `PUT` a manifest's exact bytes under `reference` (a tag or its digest).
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        manifest: &Manifest,
+    ) -> Result<(), RegistryError> {
+        let url = self.manifest_url(repository, reference);
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(&manifest.media_type).map_err(|_| RegistryError::Protocol {
+                method: Method::PUT,
+                url: display_url(&url),
+                reason: format!("media type {:?} is not a valid header", manifest.media_type),
+            })?,
+        );
+        let a = self
+            .send(
+                Op::ManifestPut,
+                Method::PUT,
+                url.clone(),
+                &Scope::push(repository),
+                h,
+                Some(manifest.bytes.clone()),
+            )
+            .await?;
+        if !a.resp.status().is_success() {
+            return Err(a.into_error(Method::PUT).await);
+        }
+        self.stats.written(manifest.bytes.len() as u64);
+        let echoed = a
+            .resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        if let Some(d) = echoed
+            && d != manifest.digest
+        {
+            return Err(RegistryError::Protocol {
+                method: Method::PUT,
+                url: display_url(&url),
+                reason: format!(
+                    "registry stored the manifest as {d}, not {}: it altered the bytes",
+                    manifest.digest
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn blob_url(&self, repository: &str, digest: &Digest) -> url::Url {
+        self.endpoint(&format!("v2/{repository}/blobs/{digest}"))
+    }
+
+    /// `HEAD` a blob; its size if present.
+    pub async fn head_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        scope: &Scope,
+    ) -> Result<Option<u64>, RegistryError> {
+        let url = self.blob_url(repository, digest);
+        let a = self
+            .send(
+                Op::BlobHead,
+                Method::HEAD,
+                url,
+                scope,
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        match a.resp.status() {
+            StatusCode::OK => Ok(Some(
+                a.resp
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(a.into_error(Method::HEAD).await),
+        }
+    }
+
+    /// Starts streaming a blob. Chunks come as the network delivers them.
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<BlobStream, RegistryError> {
+        let url = self.blob_url(repository, digest);
+        // No whole-request timeout on a stream: stalls are detected by the
+        // reader (per chunk), so a large blob on a slow link is not cut off.
+        let a = self
+            .send_with(
+                Op::BlobGet,
+                Method::GET,
+                url.clone(),
+                &Scope::pull(repository),
+                HeaderMap::new(),
+                None,
+                Timing::StreamedBody,
+            )
+            .await?;
+        if a.resp.status() != StatusCode::OK {
+            return Err(a.into_error(Method::GET).await);
+        }
+        let size = a.resp.content_length();
+        let stats = self.stats.clone();
+        let err_url = url.clone();
+        let stream = a
+            .resp
+            .bytes_stream()
+            .map_err(move |e| RegistryError::transport(Method::GET, &err_url, e))
+            .inspect_ok(move |b| stats.read(b.len() as u64));
+        Ok(BlobStream {
+            size,
+            url,
+            stream: Box::pin(stream),
+            _permit: a.permit,
+        })
+    }
+
+    fn uploads_url(&self, repository: &str) -> url::Url {
+        self.endpoint(&format!("v2/{repository}/blobs/uploads/"))
+    }
+
+    fn session_from(
+        &self,
+        repository: &str,
+        request_url: &url::Url,
+        resp: &reqwest::Response,
+    ) -> Result<UploadSession, RegistryError> {
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Protocol {
+                method: Method::POST,
+                url: display_url(request_url),
+                reason: "upload session answer has no Location header".to_owned(),
+            })?;
+        let url = request_url
+            .join(location)
+            .map_err(|e| RegistryError::Protocol {
+                method: Method::POST,
+                url: display_url(request_url),
+                reason: format!("upload Location {location:?} is not a URL: {e}"),
+            })?;
+        Ok(UploadSession {
+            repository: repository.to_owned(),
+            url,
+        })
+    }
+
+    /// Opens an upload session in `repository`.
+    pub async fn start_upload(&self, repository: &str) -> Result<UploadSession, RegistryError> {
+        let url = self.uploads_url(repository);
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let a = self
+            .send(
+                Op::UploadStart,
+                Method::POST,
+                url.clone(),
+                &Scope::push(repository),
+                h,
+                None,
+            )
+            .await?;
+        if a.resp.status() != StatusCode::ACCEPTED {
+            return Err(a.into_error(Method::POST).await);
+        }
+        self.session_from(repository, &url, &a.resp)
+    }
+
+    /// Asks the registry to mount `digest` from `from` into `repository`.
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<Mount, RegistryError> {
+        let mut url = self.uploads_url(repository);
+        url.query_pairs_mut()
+            .append_pair("mount", digest.as_str())
+            .append_pair("from", from);
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let a = self
+            .send(
+                Op::BlobMount,
+                Method::POST,
+                url.clone(),
+                &Scope::mount(repository, from),
+                h,
+                None,
+            )
+            .await?;
+        match a.resp.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => Ok(Mount::Session(
+                self.session_from(repository, &url, &a.resp)?,
+            )),
+            _ => Err(a.into_error(Method::POST).await),
+        }
+    }
+
+    /// Completes `session` with one streaming `PUT` of the whole blob. The
+    /// body is not retried here (it is a one-shot stream): the caller opens a
+    /// new session and reads again.
+    pub async fn put_upload(
+        &self,
+        session: &UploadSession,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("registry semaphore closed");
+        self.breaker.check()?;
+        let mut url = session.url.clone();
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let scope = Scope::push(&session.repository);
+        let authorization = self
+            .auth
+            .header(&self.http, &scope, self.timeouts.request)
+            .await?;
+        let mut rb = self
+            .http
+            .put(url.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        if let Some(a) = authorization {
+            rb = rb.header(reqwest::header::AUTHORIZATION, a);
+        }
+        self.stats.request(Op::UploadPut);
+        let resp = rb.send().await.map_err(|e| {
+            let err = RegistryError::transport(Method::PUT, &url, e);
+            self.breaker.record_failure(&err);
+            err
+        })?;
+        self.breaker.record_success();
+        let status = resp.status();
+        if status == StatusCode::CREATED || status == StatusCode::NO_CONTENT {
+            self.stats.written(size);
+            Ok(())
+        } else {
+            if status == StatusCode::UNAUTHORIZED {
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok());
+                self.auth.on_unauthorized(challenge, &scope);
+            }
+            Err(status_error(Method::PUT, &url, resp).await)
+        }
+    }
+
+    /// Cancels an unused upload session; failures are only logged (the
+    /// registry expires sessions by itself).
+    pub async fn cancel_upload(&self, session: &UploadSession) {
+        let r = self
+            .send(
+                Op::UploadCancel,
+                Method::DELETE,
+                session.url.clone(),
+                &Scope::push(&session.repository),
+                HeaderMap::new(),
+                None,
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(registry = %self.name, "cancelling an upload session failed: {e:#}");
+        }
+    }
+}
+
+impl Answer {
+    /// Turns an unwanted answer into an error carrying the registry's code.
+    pub async fn into_error(self, method: Method) -> RegistryError {
+        let url = self.resp.url().clone();
+        status_error(method, &url, self.resp).await
+    }
+}
+
+async fn status_error(method: Method, url: &url::Url, resp: reqwest::Response) -> RegistryError {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        #[serde(default)]
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorItem {
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+    let body = read_limited(resp, MAX_ERROR_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let (code, message) = serde_json::from_slice::<Errors>(&body)
+        .ok()
+        .and_then(|e| e.errors.into_iter().next())
+        .map(|e| (e.code, e.message))
+        .unwrap_or_default();
+    RegistryError::Status {
+        method,
+        url: display_url(url),
+        status,
+        code,
+        message,
+        retry_after,
+    }
+}
+
+/// Reads a whole (small) body, refusing more than `max` bytes.
+pub(crate) async fn read_limited(
+    resp: reqwest::Response,
+    max: usize,
+) -> Result<Bytes, reqwest::Error> {
+    if let Some(len) = resp.content_length()
+        && len as usize > max
+    {
+        // Read nothing: the body is not wanted. Dropping closes it.
+        return Ok(Bytes::new());
+    }
+    let mut out = bytes::BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if out.len() + chunk.len() > max {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// The target of a `Link: <...>; rel="next"` header.
+fn next_link(header: &str) -> Option<String> {
+    for part in header.split(',') {
+        let part = part.trim();
+        let Some(end) = part.find('>') else { continue };
+        if !part.starts_with('<') {
+            continue;
+        }
+        let target = &part[1..end];
+        let params = &part[end + 1..];
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        if is_next {
+            return Some(target.to_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/_catalog?last=b&n=2>; rel="next""#),
+            Some("/v2/_catalog?last=b&n=2".into())
+        );
+        assert_eq!(
+            next_link(r#"<http://h/x>; rel="prev", </v2/t?last=z>; rel=next"#),
+            Some("/v2/t?last=z".into())
+        );
+        assert_eq!(next_link(r#"</x>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
+    }
+}

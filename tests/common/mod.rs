@@ -1,0 +1,292 @@
+//! Fixtures for the integration tests: real `docker-registry` processes as
+//! primary and replicas, the real `georep` binary, a corpus pushed through
+//! the API, and an independent check of what landed in each region.
+#![allow(dead_code)]
+
+pub mod proxy;
+pub mod token;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use georep::config::{RegistryConfig, Timeouts};
+use georep::corpus::{Corpus, CorpusSpec, Preset};
+use georep::digest::Digest;
+use georep::localreg::{LocalOptions, LocalRegistry};
+use georep::registry::{Registry, Scope, http_client};
+
+pub const REGION_NAMES: [&str; 3] = ["eastus", "japaneast", "brazilsouth"];
+
+/// A primary and some replicas, each in its own directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub primary: LocalRegistry,
+    pub replicas: Vec<LocalRegistry>,
+}
+
+impl Cluster {
+    pub async fn start(regions: usize) -> Cluster {
+        Self::start_with(regions, LocalOptions::default(), |_| {
+            LocalOptions::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(
+        regions: usize,
+        primary: LocalOptions,
+        replica: impl Fn(usize) -> LocalOptions,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = LocalRegistry::start(&dir.path().join("primary"), primary)
+            .await
+            .expect("primary registry starts");
+        let mut replicas = Vec::new();
+        for (i, name) in REGION_NAMES.iter().enumerate().take(regions) {
+            replicas.push(
+                LocalRegistry::start(&dir.path().join(name), replica(i))
+                    .await
+                    .expect("replica registry starts"),
+            );
+        }
+        Cluster {
+            dir,
+            primary: p,
+            replicas,
+        }
+    }
+
+    /// Writes a config naming `primary_url` and the replicas (or other
+    /// URLs), plus `extra` YAML, and returns its path.
+    pub fn config(&self, primary_url: &str, region_urls: &[String], extra: &str) -> PathBuf {
+        let mut yaml = format!(
+            "state_dir: ./state\nprimary:\n  name: westeurope\n  url: {primary_url}\nregions:\n"
+        );
+        for (i, url) in region_urls.iter().enumerate() {
+            yaml.push_str(&format!("  - name: {}\n    url: {url}\n", REGION_NAMES[i]));
+        }
+        yaml.push_str(extra);
+        let path = self.dir.path().join("georep.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        path
+    }
+
+    pub fn default_config(&self) -> PathBuf {
+        let urls: Vec<String> = self.replicas.iter().map(|r| r.url()).collect();
+        self.config(&self.primary.url(), &urls, "")
+    }
+
+    pub fn replica_urls(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.url()).collect()
+    }
+}
+
+/// A client for a registry at `url`.
+pub fn client(url: &str) -> Registry {
+    let timeouts = Timeouts::default();
+    Registry::new(
+        &RegistryConfig::new("test", url).expect("valid URL"),
+        http_client(&timeouts),
+        timeouts,
+        3,
+    )
+}
+
+/// Generates and pushes a corpus to the registry at `url`.
+pub async fn push_corpus(url: &str, spec: &CorpusSpec) -> Corpus {
+    let corpus = Corpus::generate(spec).await;
+    corpus.push(&client(url)).await.expect("corpus pushed");
+    corpus
+}
+
+/// The `test` preset, with the big layer as the issue asks (64 MiB).
+pub fn test_spec(seed: u64) -> CorpusSpec {
+    CorpusSpec::preset(Preset::Test, seed)
+}
+
+/// A smaller corpus with every shape, for tests where size does not matter.
+pub fn quick_spec(seed: u64) -> CorpusSpec {
+    CorpusSpec {
+        big_layer_bytes: (300_000, 300_001),
+        layer_bytes: (1, 200_000),
+        base_layer_bytes: (100_000, 200_000),
+        ..CorpusSpec::preset(Preset::Test, seed)
+    }
+}
+
+/// Runs the georep binary.
+pub async fn georep(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_georep"));
+    cmd.args(args).env("GEOREP_LOG", "georep=debug,warn");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("georep runs");
+    eprintln!(
+        "--- georep {} -> {:?}\n--- stdout:\n{}\n--- stderr (tail):\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        tail(&String::from_utf8_lossy(&out.stderr), 40)
+    );
+    out
+}
+
+/// `georep sync --json`, parsed.
+pub async fn sync_json(config: &Path, envs: &[(&str, &str)]) -> (i32, serde_json::Value) {
+    let out = georep(
+        &["sync", "--config", config.to_str().unwrap(), "--json"],
+        envs,
+    )
+    .await;
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (code, v)
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Checks that `region` serves every tag of `corpus` with the primary's
+/// digest, that every manifest under it is byte-identical to the primary's,
+/// and that every blob it references is present (foreign layers excepted).
+pub async fn verify_region(
+    primary_url: &str,
+    region_url: &str,
+    corpus: &Corpus,
+) -> Result<(), String> {
+    verify_tags(primary_url, region_url, corpus, |_| true).await
+}
+
+pub async fn verify_tags(
+    primary_url: &str,
+    region_url: &str,
+    corpus: &Corpus,
+    which: impl Fn(&georep::corpus::TagRef) -> bool,
+) -> Result<(), String> {
+    let primary = client(primary_url);
+    let region = client(region_url);
+    for t in corpus.tags.iter().filter(|t| which(t)) {
+        let repo = &t.repository;
+        let head = region
+            .head_manifest(repo, &t.tag, &Scope::pull(repo))
+            .await
+            .map_err(|e| format!("{region_url} {repo}:{}: {e:#}", t.tag))?;
+        match head {
+            Some(h) if h.digest == t.digest => {}
+            other => {
+                return Err(format!(
+                    "{region_url} {repo}:{} resolves to {other:?}, expected {}",
+                    t.tag, t.digest
+                ));
+            }
+        }
+        let mut stack = vec![t.digest.clone()];
+        while let Some(d) = stack.pop() {
+            let want = primary
+                .get_manifest(repo, d.as_str(), &Scope::pull(repo))
+                .await
+                .map_err(|e| format!("primary {repo}@{d}: {e:#}"))?
+                .ok_or_else(|| format!("primary lacks {repo}@{d}"))?;
+            let got = region
+                .get_manifest(repo, d.as_str(), &Scope::pull(repo))
+                .await
+                .map_err(|e| format!("{region_url} {repo}@{d}: {e:#}"))?
+                .ok_or_else(|| format!("{region_url} lacks manifest {repo}@{d}"))?;
+            if got.bytes != want.bytes || got.media_type != want.media_type {
+                return Err(format!(
+                    "{region_url} {repo}@{d} differs: {} vs {}",
+                    got.media_type, want.media_type
+                ));
+            }
+            let refs = want.references().map_err(|e| e.to_string())?;
+            stack.extend(refs.manifests.iter().map(|m| m.digest.clone()));
+            for b in refs.blobs {
+                if corpus.foreign.contains(&b.digest) {
+                    continue;
+                }
+                let size = region
+                    .head_blob(repo, &b.digest, &Scope::pull(repo))
+                    .await
+                    .map_err(|e| format!("{region_url} blob {repo}@{}: {e:#}", b.digest))?;
+                if size != Some(b.size) {
+                    return Err(format!(
+                        "{region_url} blob {repo}@{} has size {size:?}, expected {}",
+                        b.digest, b.size
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The raw manifest bytes skopeo gets for `reference` (an independent client).
+pub async fn skopeo_raw(reference: &str) -> Result<Vec<u8>, String> {
+    let out = tokio::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .await
+        .map_err(|e| format!("running skopeo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "skopeo inspect {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Blobs referenced by exactly one manifest of the corpus (changing one
+/// affects one image only).
+pub fn unique_layer(corpus: &Corpus, repository: &str, tag: &str) -> Digest {
+    let target = corpus
+        .tags
+        .iter()
+        .find(|t| t.repository == repository && t.tag == tag)
+        .expect("tag in corpus");
+    let manifests = &corpus.manifests[repository];
+    let m = manifests
+        .iter()
+        .find(|m| m.digest == target.digest)
+        .expect("manifest");
+    let refs = m.references().expect("parses");
+    let mut count = std::collections::HashMap::<Digest, usize>::new();
+    for mm in corpus.manifests.values().flatten() {
+        if let Ok(r) = mm.references() {
+            for b in r.blobs {
+                *count.entry(b.digest).or_default() += 1;
+            }
+        }
+    }
+    refs.blobs
+        .iter()
+        .rev()
+        .find(|b| count[&b.digest] == 1 && b.size > 1000)
+        .map(|b| b.digest.clone())
+        .expect("a layer unique to this image")
+}
+
+/// Requests that change a registry (uploads, mounts, manifest pushes, deletes).
+pub fn writes(reg: &LocalRegistry) -> usize {
+    reg.requests()
+        .iter()
+        .filter(|(m, _, _)| m == "PUT" || m == "POST" || m == "PATCH" || m == "DELETE")
+        .count()
+}
+
+pub type Shared<T> = Arc<T>;

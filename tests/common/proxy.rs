@@ -1,0 +1,173 @@
+//! A fault-injecting HTTP proxy in front of a real registry: forwards every
+//! request, and on the paths it is told about, corrupts a blob's bytes in
+//! flight, serves a schema1 manifest instead of the real one, or shrinks
+//! listing pages so pagination is exercised.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use georep::digest::Digest;
+
+#[derive(Clone, Default)]
+pub struct Faults {
+    /// Flip one byte of this blob whenever it is downloaded.
+    pub tamper_blob: Option<Digest>,
+    /// Serve a schema1 manifest for this (repository, tag).
+    pub schema1_tag: Option<(String, String)>,
+    /// Replace `n=1000` in listing requests with this page size.
+    pub page_size: Option<usize>,
+}
+
+pub struct Proxy {
+    pub url: String,
+    pub hits: Arc<Mutex<Vec<(Method, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct St {
+    upstream: String,
+    faults: Faults,
+    http: reqwest::Client,
+    hits: Arc<Mutex<Vec<(Method, String)>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str, faults: Faults) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let st = St {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            faults,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            hits: hits.clone(),
+        };
+        let app = axum::Router::new().fallback(handle).with_state(st);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Proxy { url, hits, task }
+    }
+
+    pub fn count(&self, method: &Method, path_part: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p)| m == method && p.contains(path_part))
+            .count()
+    }
+}
+
+fn schema1(repo: &str, tag: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"schemaVersion":1,"name":"{repo}","tag":"{tag}","architecture":"amd64","fsLayers":[{{"blobSum":"sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"}}],"history":[{{"v1Compatibility":"{{}}"}}],"signatures":[]}}"#
+    ))
+}
+
+async fn handle(State(st): State<St>, req: Request) -> Response {
+    let method = req.method().clone();
+    let mut pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    st.hits.lock().unwrap().push((method.clone(), pq.clone()));
+
+    if let Some((repo, tag)) = &st.faults.schema1_tag {
+        let body = schema1(repo, tag);
+        let digest = Digest::sha256_of(&body);
+        let path = req.uri().path();
+        if path == format!("/v2/{repo}/manifests/{tag}")
+            || path == format!("/v2/{repo}/manifests/{digest}")
+        {
+            let mut resp = Response::new(if method == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from(body.clone())
+            });
+            let h = resp.headers_mut();
+            h.insert(
+                "content-type",
+                HeaderValue::from_static(
+                    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                ),
+            );
+            h.insert("docker-content-digest", digest.as_str().parse().unwrap());
+            h.insert("content-length", body.len().into());
+            return resp;
+        }
+    }
+    if let Some(n) = st.faults.page_size
+        && (pq.contains("/_catalog") || pq.contains("/tags/list"))
+    {
+        pq = pq.replace("n=1000", &format!("n={n}"));
+    }
+    let tamper = st.faults.tamper_blob.as_ref().is_some_and(|d| {
+        method == Method::GET && req.uri().path().ends_with(&format!("/blobs/{d}"))
+    });
+
+    let mut headers = HeaderMap::new();
+    for (k, v) in req.headers() {
+        if k != "content-length" && k != "transfer-encoding" && k != "connection" {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    let upstream = format!("{}{pq}", st.upstream);
+    let has_body = req
+        .headers()
+        .get("content-length")
+        .is_some_and(|v| v != "0")
+        || req.headers().contains_key("transfer-encoding");
+    let mut rb = st.http.request(method.clone(), &upstream).headers(headers);
+    if has_body {
+        if let Some(len) = req.headers().get("content-length") {
+            rb = rb.header("content-length", len.clone());
+        }
+        rb = rb.body(reqwest::Body::wrap_stream(
+            req.into_body().into_data_stream(),
+        ));
+    }
+    let up = match rb.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::builder()
+                .status(StatusCode::BAD_GATEWAY)
+                .body(Body::from(e.to_string()))
+                .unwrap();
+        }
+    };
+    let mut builder = Response::builder().status(up.status());
+    for (k, v) in up.headers() {
+        if k != "transfer-encoding" && k != "connection" {
+            builder = builder.header(k, v);
+        }
+    }
+    let mut first = true;
+    let stream = up.bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        if tamper && first && !chunk.is_empty() {
+            first = false;
+            let mut v = chunk.to_vec();
+            v[0] ^= 0xff;
+            return Ok::<Bytes, reqwest::Error>(Bytes::from(v));
+        }
+        Ok(chunk)
+    });
+    builder.body(Body::from_stream(stream)).unwrap()
+}
