@@ -128,7 +128,7 @@ impl CorpusSpec {
             Preset::Medium => CorpusSpec {
                 seed,
                 repositories: (1..=15).map(|i| format!("bench/svc{i:02}")).collect(),
-                tags_per_repository: 5,
+                tags_per_repository: 4,
                 layers_per_image: 2,
                 layer_bytes: (MIB, 10 * MIB),
                 base_layers: 4,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`bench`] — the raw copy baseline that throughput is compared with.
 //! - [`cli`] — command-line definitions (clap) only.
 //! - [`commands`] — one file per subcommand: `sync`, `check-config`, `demo`.
 //! - [`config`] — the YAML config: serde types, loading, validation with
@@ -19,6 +20,7 @@
 //!   and benchmark.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

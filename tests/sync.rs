@@ -101,13 +101,7 @@ async fn tampered_blob_is_refused_and_its_manifest_not_pushed() {
             "{cause}"
         );
     }
-    let bad_digest = corpus
-        .tags
-        .iter()
-        .find(|t| t.repository == repo && t.tag == tag)
-        .unwrap()
-        .digest
-        .clone();
+    let bad_digest = tag_digest(&corpus, repo, tag);
     for r in &cluster.replicas {
         let c = client(&r.url());
         assert_eq!(
@@ -166,6 +160,58 @@ async fn stopped_replica_fails_alone() {
     verify_region(&cluster.primary.url(), &cluster.replicas[1].url(), &corpus)
         .await
         .unwrap();
+}
+
+/// A region whose upload breaks mid-stream fails that blob alone: the
+/// other region, fed by the same read, completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_failing_mid_stream_does_not_break_the_others() {
+    let cluster = Cluster::start(2).await;
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(17)).await;
+    let (repo, tag) = ("team/app/web", "v2");
+    let cut = unique_layer(&corpus, repo, tag);
+    let proxy = Proxy::start(
+        &cluster.replicas[1].url(),
+        Faults {
+            cut_upload: Some(cut.clone()),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &[cluster.replicas[0].url(), proxy.url.clone()],
+        "",
+    );
+    let (code, report) = sync_json(&config, &[]).await;
+    assert_eq!(code, 1, "{report:#}");
+    for f in report["failures"].as_array().unwrap() {
+        assert_eq!(f["region"], "japaneast", "{f:#}");
+        assert_eq!(
+            (f["repository"].as_str(), f["tag"].as_str()),
+            (Some(repo), Some(tag))
+        );
+        assert!(f["cause"].as_str().unwrap().contains(cut.as_str()), "{f:#}");
+    }
+    verify_region(&cluster.primary.url(), &cluster.replicas[0].url(), &corpus)
+        .await
+        .unwrap();
+    let bad = tag_digest(&corpus, repo, tag);
+    verify_tags(
+        &cluster.primary.url(),
+        &cluster.replicas[1].url(),
+        &corpus,
+        |t| t.digest != bad,
+    )
+    .await
+    .unwrap();
+    // The blob was read from the primary once for both regions, then again
+    // only for the failing region's retries.
+    let reads = cluster
+        .primary
+        .count_requests("GET", &format!("/blobs/{cut}"));
+    let attempts = proxy.count(&axum::http::Method::PUT, cut.hex());
+    assert_eq!(reads, attempts, "one read per attempt, shared on the first");
 }
 
 /// A schema1 manifest on the primary is a clear error for that tag only.

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::Engine;
 use super::copy::RegionResults;
 use super::fanout::{Target, fan_out};
-use super::known::RegionId;
+use super::known::{RegionId, RepoState};
 use crate::registry::manifest::Descriptor;
 use crate::registry::retry::Backoff;
 use crate::registry::{Mount, RegistryError, Scope, UploadSession};
@@ -54,6 +54,9 @@ impl Engine {
         let heads = regions.iter().map(|&r| async move {
             if self.known.has_blob(r, repo, digest) {
                 return (r, Ok(true));
+            }
+            if matches!(self.repo_state(r, repo).await, RepoState::Absent) {
+                return (r, Ok(false));
             }
             let head = self.regions[r]
                 .head_blob(repo, digest, &Scope::push(repo))
@@ -115,43 +118,51 @@ impl Engine {
         let backoff = Backoff::new(self.max_attempts);
         let mut attempts: BTreeMap<RegionId, u32> = BTreeMap::new();
         while !pending.is_empty() {
+            let mut round: Vec<(RegionId, Result<(), RegistryError>)> = Vec::new();
+            // Sessions first, outside any slot: opening one costs a round
+            // trip, and the read slot (the scarce one) should be held only
+            // while bytes move.
+            let opens = pending
+                .iter()
+                .copied()
+                .filter(|r| !sessions.contains_key(r))
+                .map(|r| async move { (r, self.regions[r].start_upload(repo).await) })
+                .collect::<Vec<_>>();
+            for (r, opened) in join_all(opens).await {
+                match opened {
+                    Ok(s) => {
+                        sessions.insert(r, s);
+                    }
+                    Err(e) => round.push((r, Err(e))),
+                }
+            }
+            pending.retain(|r| sessions.contains_key(r));
+
             let read_permit = self
                 .blob_reads
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("blob semaphore is never closed");
-            let participants = self.take_upload_slots(&pending).await;
-            let joined: Vec<RegionId> = participants.iter().map(|(r, _)| *r).collect();
-            pending.retain(|r| !joined.contains(r));
-
-            // Each participant needs an open session.
-            let opens = participants.into_iter().map(|(r, permit)| {
-                let existing = sessions.remove(&r);
-                async move {
-                    let session = match existing {
-                        Some(s) => Ok(s),
-                        None => self.regions[r].start_upload(repo).await,
-                    };
-                    (r, permit, session)
-                }
-            });
             let mut targets = Vec::new();
             let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
-            let mut round: Vec<(RegionId, Result<(), RegistryError>)> = Vec::new();
-            for (r, permit, session) in join_all(opens).await {
-                permits.push(permit);
-                match session {
-                    Ok(session) => targets.push(Target {
-                        region: r,
-                        registry: self.regions[r].clone(),
-                        session,
-                    }),
-                    Err(e) => round.push((r, Err(e))),
+            if !pending.is_empty() {
+                for (r, permit) in self.take_upload_slots(&pending).await {
+                    permits.push(permit);
+                    pending.retain(|p| *p != r);
+                    if let Some(session) = sessions.remove(&r) {
+                        targets.push(Target {
+                            region: r,
+                            registry: self.regions[r].clone(),
+                            session,
+                        });
+                    }
                 }
             }
             if !targets.is_empty() {
-                tracing::debug!(regions = targets.len(), "streaming blob from the primary");
+                let regions = targets.len();
+                let started = std::time::Instant::now();
+                tracing::debug!(regions, "streaming blob from the primary");
                 round.extend(
                     fan_out(
                         &self.primary,
@@ -162,6 +173,11 @@ impl Engine {
                         self.timeouts.request,
                     )
                     .await,
+                );
+                tracing::debug!(
+                    regions,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "blob stream ended"
                 );
             }
             drop(permits);

@@ -9,7 +9,7 @@ use futures::future::{BoxFuture, join_all};
 use tracing::Instrument;
 
 use super::Engine;
-use super::known::RegionId;
+use super::known::{RegionId, RepoState};
 use super::plan::ImageJob;
 use super::report::TagState;
 use crate::digest::Digest;
@@ -47,9 +47,18 @@ impl Engine {
         let repo = &job.repository;
         let mut outcomes = Vec::new();
 
-        // Which regions need which tags.
+        // Which regions need which tags. A tag the region's listing lacks
+        // needs no HEAD to know it is missing.
         let checks = self.region_ids().into_iter().flat_map(|r| {
             job.tags.iter().map(move |tag| async move {
+                let listed = match self.repo_state(r, repo).await {
+                    RepoState::Absent => false,
+                    RepoState::Tags(tags) => tags.contains(tag),
+                    RepoState::Unknown => true,
+                };
+                if !listed {
+                    return (r, tag.clone(), Ok(None));
+                }
                 let head = self.regions[r]
                     .head_manifest(repo, tag, &Scope::push(repo))
                     .await;
@@ -186,6 +195,9 @@ impl Engine {
         let checks = regions.iter().map(|&r| async move {
             if self.known.has_manifest(r, repo, digest) {
                 return (r, Ok(true));
+            }
+            if matches!(self.repo_state(r, repo).await, RepoState::Absent) {
+                return (r, Ok(false));
             }
             let head = self.regions[r]
                 .head_manifest(repo, digest.as_str(), &Scope::push(repo))

@@ -4,8 +4,11 @@
 //!
 //! The reader hashes and counts every chunk as it passes (invariant 2) and
 //! hands it to one bounded queue per region; each region's streaming `PUT`
-//! drains its queue. Bounded queues give backpressure: memory is
-//! `regions x FANOUT_QUEUE_CHUNKS` chunks whatever the blob size.
+//! drains its queue. Bounded queues give backpressure. Chunks are cut into
+//! pieces of at most [`FANOUT_PIECE_BYTES`] before they are queued, because
+//! the HTTP client delivers reads of up to ~400 KiB: queues counted in
+//! pieces bound memory in bytes (about [`FANOUT_QUEUE_PIECES`] x 64 KiB per
+//! blob in flight, shared by all its regions), whatever the blob size.
 //!
 //! The newest chunk is held back until the next one arrives, and the last
 //! one until the whole stream has been verified. A corrupt blob therefore
@@ -29,8 +32,10 @@ use crate::registry::error::display_url;
 use crate::registry::manifest::Descriptor;
 use crate::registry::{Registry, RegistryError, UploadSession};
 
-/// Chunks queued per region before the reader waits for it.
-pub const FANOUT_QUEUE_CHUNKS: usize = 16;
+/// Pieces queued per region before the reader waits for it.
+pub const FANOUT_QUEUE_PIECES: usize = 4;
+/// The largest piece handed to a region's upload.
+pub const FANOUT_PIECE_BYTES: usize = 256 * 1024;
 
 /// One region taking part in a fan-out.
 pub struct Target {
@@ -75,7 +80,7 @@ pub async fn fan_out(
     // Start every upload; each drains its own queue.
     let mut lanes: Vec<Lane> = Vec::with_capacity(targets.len());
     for t in &targets {
-        let (tx, rx) = mpsc::channel::<Chunk>(FANOUT_QUEUE_CHUNKS);
+        let (tx, rx) = mpsc::channel::<Chunk>(FANOUT_QUEUE_PIECES);
         let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }));
@@ -116,12 +121,17 @@ pub async fn fan_out(
                         mismatch,
                     });
                 }
-                if let Some(prev) = held.replace(chunk) {
-                    send_to_all(&mut lanes, prev, stall).await;
-                    if lanes.iter().all(|l| l.tx.is_none()) {
-                        // Every region dropped out: stop reading.
-                        break None;
+                // Zero-copy slices of the chunk; the last is held back.
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let piece = rest.split_to(rest.len().min(FANOUT_PIECE_BYTES));
+                    if let Some(prev) = held.replace(piece) {
+                        send_to_all(&mut lanes, prev, stall).await;
                     }
+                }
+                if lanes.iter().all(|l| l.tx.is_none()) {
+                    // Every region dropped out: stop reading.
+                    break None;
                 }
             }
         }

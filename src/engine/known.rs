@@ -5,7 +5,9 @@
 //! and to pick a source repository for cross-repository mounts.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
 
 use crate::digest::Digest;
 
@@ -66,6 +68,52 @@ impl Known {
     pub fn add_manifest(&self, region: RegionId, repository: &str, digest: &Digest) {
         let mut m = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
         m.insert((region, repository.to_owned(), digest.clone()));
+    }
+}
+
+/// What a region's tag listing said about a repository when this pass
+/// first looked.
+#[derive(Clone, Debug)]
+pub enum RepoState {
+    /// The region does not know the repository: it holds none of its
+    /// blobs or manifests, except what georep put there since (recorded
+    /// in [`Known`]). No need to ask about each one.
+    Absent,
+    /// The repository exists with these tags.
+    Tags(Arc<HashSet<String>>),
+    /// The listing failed: ask about each item.
+    Unknown,
+}
+
+/// Per pass: each region's view of each repository, listed once (the
+/// first task to need it lists; the others wait for that answer).
+/// One region's listing of one repository, filled by the first asker.
+type Listing = Arc<OnceCell<RepoState>>;
+
+#[derive(Default)]
+pub struct RegionRepos {
+    map: Mutex<HashMap<(RegionId, String), Listing>>,
+}
+
+impl RegionRepos {
+    pub async fn get(
+        &self,
+        region: RegionId,
+        repository: &str,
+        list: impl std::future::Future<Output = RepoState>,
+    ) -> RepoState {
+        let cell = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry((region, repository.to_owned()))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_init(|| list).await.clone()
+    }
+
+    /// Forgets every listing: a new pass lists again.
+    pub fn clear(&self) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 

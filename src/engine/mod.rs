@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Concurrency, Config, RepositoryFilter, Timeouts};
 use crate::digest::Digest;
 use crate::registry::{Registry, StatsSnapshot, http_client};
-use known::{Known, RegionId};
+use known::{Known, RegionId, RegionRepos, RepoState};
 use locks::KeyedLocks;
 pub use report::{Failure, RegionReport, SyncReport, TagReport, TagState};
 
@@ -51,6 +51,7 @@ pub struct Engine {
     blob_locks: KeyedLocks<Digest>,
     manifest_locks: KeyedLocks<(String, Digest)>,
     known: Known,
+    region_repos: RegionRepos,
     counters: Vec<RegionCounters>,
 }
 
@@ -99,6 +100,7 @@ impl Engine {
             blob_locks: KeyedLocks::default(),
             manifest_locks: KeyedLocks::default(),
             known: Known::default(),
+            region_repos: RegionRepos::default(),
         }
     }
 
@@ -123,6 +125,7 @@ impl Engine {
             .map(|r| (self.regions[r].stats(), self.counter_values(r)))
             .collect();
 
+        self.region_repos.clear();
         let listing = self.list_primary().await;
         let mut failures = listing.failures;
         let mut tag_states: BTreeMap<(String, String), (Digest, BTreeMap<String, TagState>)> =
@@ -205,7 +208,27 @@ impl Engine {
             failures,
             elapsed_secs: started.elapsed().as_secs_f64(),
             peak_rss_bytes: report::peak_rss_bytes(),
+            cpu_secs: report::cpu_secs(),
         }
+    }
+
+    /// What region `r` held of `repository` when this pass first asked.
+    async fn repo_state(&self, r: RegionId, repository: &str) -> RepoState {
+        self.region_repos
+            .get(r, repository, async {
+                match self.regions[r]
+                    .tags(repository, &crate::registry::Scope::push(repository))
+                    .await
+                {
+                    Ok(None) => RepoState::Absent,
+                    Ok(Some(tags)) => RepoState::Tags(std::sync::Arc::new(tags.into_iter().collect())),
+                    Err(e) => {
+                        tracing::debug!(region = %self.regions[r].name(), %repository, "listing tags failed, checking each item instead: {e:#}");
+                        RepoState::Unknown
+                    }
+                }
+            })
+            .await
     }
 
     fn counter_values(&self, r: RegionId) -> [u64; 4] {

@@ -71,7 +71,11 @@ impl Engine {
 
         let mut per_repo = futures::stream::iter(wanted)
             .map(|repo| async move {
-                let tags = self.primary.tags(&repo).await;
+                let tags = self
+                    .primary
+                    .tags(&repo, &Scope::pull(&repo))
+                    .await
+                    .map(Option::unwrap_or_default);
                 (repo, tags)
             })
             .buffer_unordered(LIST_CONCURRENCY);

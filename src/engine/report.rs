@@ -19,6 +19,8 @@ pub struct SyncReport {
     pub elapsed_secs: f64,
     /// Peak resident memory of this process so far, where the OS tells.
     pub peak_rss_bytes: Option<u64>,
+    /// CPU time (user + system) of this process so far, where the OS tells.
+    pub cpu_secs: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -212,6 +214,19 @@ pub fn table(rows: &[Vec<String>], right_align: &[bool]) -> String {
     out
 }
 
+/// CPU seconds (user + system) this process has used (Linux `/proc`).
+pub fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15 (1-based).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux architecture georep builds for.
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`).
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -238,7 +253,13 @@ mod tests {
     }
 
     #[test]
-    fn peak_rss_is_known_on_linux() {
+    fn peak_rss_and_cpu_are_known_on_linux() {
         assert!(peak_rss_bytes().unwrap() > 0);
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed().as_millis() < 60 {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(cpu_secs().unwrap() > 0.0, "{x}");
     }
 }

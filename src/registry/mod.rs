@@ -341,8 +341,13 @@ impl Registry {
         .await
     }
 
-    /// Every tag of `repository`; empty if the repository is unknown.
-    pub async fn tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+    /// Every tag of `repository`, or `None` if the registry does not know
+    /// the repository (`404`).
+    pub async fn tags(
+        &self,
+        repository: &str,
+        scope: &Scope,
+    ) -> Result<Option<Vec<String>>, RegistryError> {
         #[derive(serde::Deserialize)]
         struct Page {
             #[serde(default)]
@@ -350,13 +355,14 @@ impl Registry {
         }
         let first = self.endpoint(&format!("v2/{repository}/tags/list?n={LIST_PAGE_SIZE}"));
         match self
-            .paginate(Op::TagsList, first, &Scope::pull(repository), |b| {
+            .paginate(Op::TagsList, first, scope, |b| {
                 serde_json::from_slice::<Page>(b).map(|p| p.tags.unwrap_or_default())
             })
             .await
         {
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(Vec::new()),
-            other => other,
+            Ok(tags) => Ok(Some(tags)),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

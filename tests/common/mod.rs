@@ -251,18 +251,25 @@ pub async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() ->
     }
 }
 
-/// Blobs referenced by exactly one manifest of the corpus (changing one
-/// affects one image only).
-pub fn unique_layer(corpus: &Corpus, repository: &str, tag: &str) -> Digest {
-    let target = corpus
+/// The digest `repository:tag` has in the corpus.
+pub fn tag_digest(corpus: &Corpus, repository: &str, tag: &str) -> Digest {
+    corpus
         .tags
         .iter()
         .find(|t| t.repository == repository && t.tag == tag)
-        .expect("tag in corpus");
+        .expect("tag in corpus")
+        .digest
+        .clone()
+}
+
+/// Blobs referenced by exactly one manifest of the corpus (changing one
+/// affects one image only).
+pub fn unique_layer(corpus: &Corpus, repository: &str, tag: &str) -> Digest {
+    let target = tag_digest(corpus, repository, tag);
     let manifests = &corpus.manifests[repository];
     let m = manifests
         .iter()
-        .find(|m| m.digest == target.digest)
+        .find(|m| m.digest == target)
         .expect("manifest");
     let refs = m.references().expect("parses");
     let mut count = std::collections::HashMap::<Digest, usize>::new();

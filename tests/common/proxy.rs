@@ -21,6 +21,8 @@ pub struct Faults {
     pub schema1_tag: Option<(String, String)>,
     /// Replace `n=1000` in listing requests with this page size.
     pub page_size: Option<usize>,
+    /// Break every upload of this blob after its first bytes.
+    pub cut_upload: Option<Digest>,
 }
 
 pub struct Proxy {
@@ -112,6 +114,25 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
             h.insert("content-length", body.len().into());
             return resp;
         }
+    }
+    if let Some(d) = &st.faults.cut_upload
+        && method == Method::PUT
+        && pq.contains(d.hex())
+    {
+        // Take some of the body, then fail the request mid-stream.
+        let mut body = req.into_body().into_data_stream();
+        let mut seen = 0;
+        while seen < 64 * 1024 {
+            match body.next().await {
+                Some(Ok(c)) => seen += c.len(),
+                _ => break,
+            }
+        }
+        return Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .header("connection", "close")
+            .body(Body::from("upload cut by the test proxy"))
+            .unwrap();
     }
     if let Some(n) = st.faults.page_size
         && (pq.contains("/_catalog") || pq.contains("/tags/list"))

@@ -1,0 +1,212 @@
+//! Cold-sync throughput of the `georep` binary against the raw baseline,
+//! measured in the same run on the same corpus and registries.
+//!
+//! `cargo bench --bench sync_throughput` uses the `small` corpus and 3
+//! regions; `GEOREP_BENCH_PRESET=medium` (or `large`), `GEOREP_BENCH_REGIONS`
+//! and `GEOREP_BENCH_ROUNDS` change that. Each round runs the raw baseline
+//! and a georep cold sync (regions wiped before each), then one no-op sync.
+//! The figure to read is the ratio georep / raw.
+
+use std::time::Instant;
+
+use georep::bench::raw_copy;
+use georep::config::{RegistryConfig, Timeouts};
+use georep::corpus::{Corpus, CorpusSpec, Preset};
+use georep::engine::blob::human_bytes;
+use georep::localreg::{LocalOptions, LocalRegistry};
+use georep::registry::{Registry, http_client};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn client(url: &str) -> Registry {
+    let t = Timeouts::default();
+    Registry::new(
+        &RegistryConfig::new("bench", url).unwrap(),
+        http_client(&t),
+        t,
+        3,
+    )
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other filter argument is ignored.
+    let preset = match std::env::var("GEOREP_BENCH_PRESET").as_deref() {
+        Ok("medium") => Preset::Medium,
+        Ok("large") => Preset::Large,
+        Ok("test") => Preset::Test,
+        _ => Preset::Small,
+    };
+    let regions: usize = env_or("GEOREP_BENCH_REGIONS", 3);
+    let rounds: usize = env_or("GEOREP_BENCH_ROUNDS", 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(run(preset, regions, rounds));
+}
+
+async fn run(preset: Preset, n_regions: usize, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = LocalRegistry::start(&dir.path().join("primary"), LocalOptions::default())
+        .await
+        .unwrap();
+    let mut replicas = Vec::new();
+    for i in 0..n_regions {
+        replicas.push(
+            LocalRegistry::start(&dir.path().join(format!("r{i}")), LocalOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let corpus = Corpus::generate(&CorpusSpec::preset(preset, 1)).await;
+    let bytes = corpus.unique_blob_bytes();
+    let t = Instant::now();
+    corpus.push(&client(&primary.url())).await.unwrap();
+    eprintln!(
+        "corpus {preset:?}: {} tags, {} unique blobs, {} (pushed in {:.1}s); {n_regions} regions",
+        corpus.tags.len(),
+        corpus.unique_blobs(),
+        human_bytes(bytes),
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut yaml = format!(
+        "state_dir: ./state\nprimary:\n  name: primary\n  url: {}\nregions:\n",
+        primary.url()
+    );
+    for (i, r) in replicas.iter().enumerate() {
+        yaml.push_str(&format!("  - name: r{i}\n    url: {}\n", r.url()));
+    }
+    // Extra config keys to experiment with (e.g. concurrency settings).
+    if let Ok(extra) = std::env::var("GEOREP_BENCH_EXTRA_YAML") {
+        yaml.push_str(&extra);
+        yaml.push('\n');
+    }
+    let config = dir.path().join("georep.yaml");
+    std::fs::write(&config, yaml).unwrap();
+
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    let raw_concurrency: usize = env_or(
+        "GEOREP_BENCH_RAW_CONCURRENCY",
+        georep::config::DEFAULT_MAX_CONCURRENT_BLOBS,
+    );
+    let mut ratios = Vec::new();
+    let row = |run: &str, secs: f64, ratio: &str, cpu: f64, reg_cpu: f64, rss: &str| {
+        println!(
+            "{run:<14} {secs:>8.2} {:>9.1} {ratio:>7} {cpu:>8.2} {reg_cpu:>9.2} {rss:>10}",
+            mib / secs
+        );
+    };
+    println!(
+        "{:<14} {:>8} {:>9} {:>7} {:>8} {:>9} {:>10}",
+        "run", "wall s", "MiB/s", "ratio", "cpu s", "reg cpu s", "peak RSS"
+    );
+    for round in 1..=rounds {
+        for r in &mut replicas {
+            r.wipe().await.unwrap();
+        }
+        let region_clients: Vec<Registry> = replicas.iter().map(|r| client(&r.url())).collect();
+        let reg0 = registries_cpu(&primary, &replicas);
+        let cpu0 = georep::engine::report::cpu_secs().unwrap_or(0.0);
+        let raw = raw_copy(
+            &client(&primary.url()),
+            &region_clients,
+            &corpus,
+            raw_concurrency,
+        )
+        .await
+        .unwrap();
+        let raw_secs = raw.elapsed.as_secs_f64();
+        row(
+            &format!("raw #{round}"),
+            raw_secs,
+            "1.00",
+            georep::engine::report::cpu_secs().unwrap_or(0.0) - cpu0,
+            registries_cpu(&primary, &replicas) - reg0,
+            "-",
+        );
+
+        for r in &mut replicas {
+            r.wipe().await.unwrap();
+        }
+        let reg0 = registries_cpu(&primary, &replicas);
+        let (secs, report) = georep_sync(&config).await;
+        let ratio = raw_secs / secs;
+        ratios.push(ratio);
+        row(
+            &format!("georep #{round}"),
+            secs,
+            &format!("{ratio:.2}"),
+            report["cpu_secs"].as_f64().unwrap_or(0.0),
+            registries_cpu(&primary, &replicas) - reg0,
+            &human_bytes(report["peak_rss_bytes"].as_u64().unwrap_or(0)),
+        );
+    }
+    let (secs, report) = georep_sync(&config).await;
+    let replica_requests: u64 = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["requests"]["requests"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
+                .unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "{:<14} {secs:>8.2} {:>9} {:>7} {:>8.2} {:>9} {:>10}   {replica_requests} requests to replicas",
+        "georep no-op",
+        "-",
+        "-",
+        report["cpu_secs"].as_f64().unwrap_or(0.0),
+        "-",
+        human_bytes(report["peak_rss_bytes"].as_u64().unwrap_or(0)),
+    );
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    println!(
+        "georep / raw throughput: {mean:.2} (mean of {} rounds; cpu s = the copying process, reg cpu s = all registries)",
+        ratios.len()
+    );
+}
+
+fn registries_cpu(primary: &LocalRegistry, replicas: &[LocalRegistry]) -> f64 {
+    std::iter::once(primary)
+        .chain(replicas)
+        .filter_map(|r| r.cpu_secs())
+        .sum()
+}
+
+async fn georep_sync(config: &std::path::Path) -> (f64, serde_json::Value) {
+    let t = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_georep"))
+        .args(["sync", "--json", "--config"])
+        .arg(config)
+        .env(
+            "GEOREP_LOG",
+            std::env::var("GEOREP_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .output()
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    if let Ok(path) = std::env::var("GEOREP_BENCH_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(&out.stderr);
+        }
+    }
+    assert!(
+        out.status.success(),
+        "georep sync failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, serde_json::from_slice(&out.stdout).unwrap())
+}

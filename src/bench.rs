@@ -1,0 +1,97 @@
+//! Throughput measurement: the raw baseline that georep is compared with.
+//!
+//! The baseline is the practical ceiling of a machine and its registries:
+//! for every unique blob, one `GET` from the primary streamed into one
+//! monolithic `PUT` per region, with no HEADs, no hashing, no manifests and
+//! no retries — what a hand-written `curl | tee` pipeline would do. georep's
+//! throughput is reported as a ratio to it, measured in the same run, which
+//! stays meaningful on a noisy machine where absolute MiB/s do not.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::corpus::Corpus;
+use crate::registry::{Registry, RegistryError};
+
+/// Chunks queued per region in the baseline's tee (as in georep's fan-out).
+const TEE_QUEUE_CHUNKS: usize = 16;
+
+/// What a baseline run moved.
+#[derive(Clone, Debug)]
+pub struct RawCopy {
+    pub elapsed: Duration,
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+/// Copies every unique blob of `corpus` from `primary` to each of
+/// `regions`, `concurrency` blobs at a time, each blob into the first
+/// repository that holds it.
+pub async fn raw_copy(
+    primary: &Registry,
+    regions: &[Registry],
+    corpus: &Corpus,
+    concurrency: usize,
+) -> Result<RawCopy, RegistryError> {
+    let mut seen = HashSet::new();
+    let mut work = Vec::new();
+    for (repo, blobs) in &corpus.blobs {
+        for b in blobs.values() {
+            if seen.insert(b.digest.clone()) {
+                work.push((repo.clone(), b.clone()));
+            }
+        }
+    }
+    let bytes = work.iter().map(|(_, b)| b.size).sum();
+    let blobs = work.len();
+    let started = Instant::now();
+    let mut copies = futures::stream::iter(work)
+        .map(|(repo, blob)| async move {
+            let mut sessions = Vec::with_capacity(regions.len());
+            for r in regions {
+                sessions.push(r.start_upload(&repo).await?);
+            }
+            let mut src = primary.get_blob(&repo, &blob.digest).await?;
+            let mut senders = Vec::new();
+            let mut puts = Vec::new();
+            for (r, s) in regions.iter().zip(&sessions) {
+                let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(TEE_QUEUE_CHUNKS);
+                senders.push(tx);
+                let body =
+                    reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|item| (item, rx))
+                    }));
+                puts.push(r.put_upload(s, &blob.digest, blob.size, body));
+            }
+            let pump = async {
+                while let Some(chunk) = src.next().await {
+                    let chunk = chunk?;
+                    for tx in &senders {
+                        // A failed PUT shows in its own result.
+                        let _ = tx.send(Ok(chunk.clone())).await;
+                    }
+                }
+                drop(senders);
+                Ok::<(), RegistryError>(())
+            };
+            let (pumped, results) = tokio::join!(pump, futures::future::join_all(puts));
+            pumped?;
+            for r in results {
+                r?;
+            }
+            Ok::<(), RegistryError>(())
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(r) = copies.next().await {
+        r?;
+    }
+    Ok(RawCopy {
+        elapsed: started.elapsed(),
+        blobs,
+        bytes,
+    })
+}
