@@ -175,6 +175,13 @@ validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n\
             .append(true)
             .open(self.log_path())
             .with_context(|| format!("opening {}", self.log_path().display()))?;
+        // Readiness is the registry saying it listens on *our* port, in the
+        // part of the log this start writes: an HTTP answer alone could come
+        // from another process that took the port first.
+        let log_offset = std::fs::metadata(self.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let listening = format!("listening on 127.0.0.1:{}", self.port);
         let bin = registry_bin();
         let mut child = tokio::process::Command::new(&bin)
             .arg("serve")
@@ -215,7 +222,11 @@ validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n\
                     self.port
                 );
             }
-            if let Ok(resp) = http.get(&url).send().await {
+            let log = std::fs::read(self.log_path()).unwrap_or_default();
+            let fresh = String::from_utf8_lossy(log.get(log_offset as usize..).unwrap_or(&[]));
+            if fresh.contains(&listening)
+                && let Ok(resp) = http.get(&url).send().await
+            {
                 let s = resp.status().as_u16();
                 if s == 200 || s == 401 {
                     break;

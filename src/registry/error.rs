@@ -133,12 +133,15 @@ impl RegistryError {
         }
     }
 
-    /// Whether the error says the registry could not be reached at all.
+    /// Whether the error says the registry could not be reached at all:
+    /// refused or unanswered connections, and requests that got no answer
+    /// in time (a registry that accepts connections but never answers is
+    /// as unreachable as one that refuses them).
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
             RegistryError::Transport {
-                kind: TransportKind::Connect,
+                kind: TransportKind::Connect | TransportKind::Timeout,
                 ..
             } | RegistryError::Unreachable { .. }
         )
