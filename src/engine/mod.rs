@@ -35,6 +35,9 @@ use known::{Known, RegionId, RegionRepos, RepoState};
 use locks::KeyedLocks;
 pub use report::{Failure, RegionReport, SyncReport, TagReport, TagState};
 
+/// Image jobs listed but not yet started, at most.
+const JOB_QUEUE: usize = 64;
+
 /// The engine for one primary and its regions. Cheap to share; one per
 /// process is enough, and facts learnt in one pass speed up the next.
 pub struct Engine {
@@ -126,40 +129,53 @@ impl Engine {
             .collect();
 
         self.region_repos.clear();
-        let listing = self.list_primary().await;
-        let mut failures = listing.failures;
+        let mut failures = Vec::new();
         let mut tag_states: BTreeMap<(String, String), (Digest, BTreeMap<String, TagState>)> =
             BTreeMap::new();
         let mut per_region = vec![(0usize, 0usize, 0usize); self.regions.len()];
 
-        let mut results = futures::stream::iter(listing.images.iter())
-            .map(|job| async move { (job, self.copy_image(job).await) })
-            .buffer_unordered(self.limits.images);
-        while let Some((job, outcomes)) = results.next().await {
-            for o in outcomes {
-                let region = &self.regions[o.region];
-                let entry = tag_states
-                    .entry((job.repository.clone(), o.tag.clone()))
-                    .or_insert_with(|| (job.digest.clone(), BTreeMap::new()));
-                entry.1.insert(region.name().to_owned(), o.state);
-                let counts = &mut per_region[o.region];
-                match o.state {
-                    TagState::InSync => counts.0 += 1,
-                    TagState::Copied => counts.1 += 1,
-                    TagState::Failed => counts.2 += 1,
-                }
-                if let Some(cause) = o.failure {
-                    failures.push(Failure {
-                        region: region.name().to_owned(),
-                        repository: Some(job.repository.clone()),
-                        tag: Some(o.tag),
-                        digest: Some(job.digest.clone()),
-                        cause,
-                    });
+        // Listing and copying run together: jobs flow through a bounded
+        // queue as each repository is resolved.
+        let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(JOB_QUEUE);
+        let listing = self.list_primary(jobs_tx);
+        let copying = async {
+            let jobs = futures::stream::unfold(jobs_rx, |mut rx| async move {
+                rx.recv().await.map(|job| (job, rx))
+            });
+            let mut results = std::pin::pin!(
+                jobs.map(|job| async move {
+                    let outcomes = self.copy_image(&job).await;
+                    (job, outcomes)
+                })
+                .buffer_unordered(self.limits.images)
+            );
+            while let Some((job, outcomes)) = results.next().await {
+                for o in outcomes {
+                    let region = &self.regions[o.region];
+                    let entry = tag_states
+                        .entry((job.repository.clone(), o.tag.clone()))
+                        .or_insert_with(|| (job.digest.clone(), BTreeMap::new()));
+                    entry.1.insert(region.name().to_owned(), o.state);
+                    let counts = &mut per_region[o.region];
+                    match o.state {
+                        TagState::InSync => counts.0 += 1,
+                        TagState::Copied => counts.1 += 1,
+                        TagState::Failed => counts.2 += 1,
+                    }
+                    if let Some(cause) = o.failure {
+                        failures.push(Failure {
+                            region: region.name().to_owned(),
+                            repository: Some(job.repository.clone()),
+                            tag: Some(o.tag),
+                            digest: Some(job.digest.clone()),
+                            cause,
+                        });
+                    }
                 }
             }
-        }
-        drop(results);
+        };
+        let (listing, ()) = tokio::join!(listing, copying);
+        failures.extend(listing.failures);
 
         let regions = self
             .regions

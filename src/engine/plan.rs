@@ -1,17 +1,25 @@
 //! Listing the primary: repositories (filtered), their tags, and the digest
 //! each tag points at, grouped into one job per (repository, digest).
+//!
+//! Jobs are handed over as soon as their repository is resolved, through a
+//! bounded queue, so copying starts while the rest of a large registry is
+//! still being listed, and a slow copy slows the listing down rather than
+//! letting jobs pile up in memory.
 
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use super::Engine;
 use super::report::Failure;
 use crate::digest::Digest;
 use crate::registry::{Scope, names};
 
-/// Repositories whose tags are listed at once.
-const LIST_CONCURRENCY: usize = 8;
+/// Repositories listed at once.
+const LIST_CONCURRENCY: usize = 4;
+/// Tag HEADs in flight per repository being listed.
+const RESOLVE_CONCURRENCY: usize = 8;
 
 /// One manifest of the primary and the tags that point at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,31 +29,24 @@ pub struct ImageJob {
     pub tags: Vec<String>,
 }
 
+/// What listing found, apart from the jobs themselves.
 #[derive(Debug, Default)]
 pub struct Listing {
     pub repositories: usize,
     pub tags: usize,
-    pub images: Vec<ImageJob>,
     pub failures: Vec<Failure>,
 }
 
 impl Engine {
-    /// Lists the primary. Failures to list a repository are reported and
-    /// that repository is left alone; the others go on.
-    pub async fn list_primary(&self) -> Listing {
-        let primary_failure =
-            |repository: Option<String>, tag: Option<String>, cause: String| Failure {
-                region: self.primary.name().to_owned(),
-                repository,
-                tag,
-                digest: None,
-                cause,
-            };
+    /// Lists the primary, sending a job per image to `jobs` as each
+    /// repository is resolved. Failures to list a repository or resolve a
+    /// tag are reported and that item is left alone; the others go on.
+    pub async fn list_primary(&self, jobs: mpsc::Sender<ImageJob>) -> Listing {
         let mut listing = Listing::default();
         let repositories = match self.primary.catalog().await {
             Ok(r) => r,
             Err(e) => {
-                listing.failures.push(primary_failure(
+                listing.failures.push(self.primary_failure(
                     None,
                     None,
                     format!("listing the primary's repositories failed: {e:#}"),
@@ -60,7 +61,7 @@ impl Engine {
             }
             match names::check_repository(&repo) {
                 Ok(()) => wanted.push(repo),
-                Err(why) => listing.failures.push(primary_failure(
+                Err(why) => listing.failures.push(self.primary_failure(
                     Some(repo),
                     None,
                     format!("skipped: {why}"),
@@ -70,83 +71,105 @@ impl Engine {
         listing.repositories = wanted.len();
 
         let mut per_repo = futures::stream::iter(wanted)
-            .map(|repo| async move {
-                let tags = self
-                    .primary
-                    .tags(&repo, &Scope::pull(&repo))
-                    .await
-                    .map(Option::unwrap_or_default);
-                (repo, tags)
+            .map(|repo| {
+                let jobs = jobs.clone();
+                async move { self.list_repository(repo, jobs).await }
             })
             .buffer_unordered(LIST_CONCURRENCY);
-        let mut to_resolve = Vec::new();
-        while let Some((repo, tags)) = per_repo.next().await {
-            match tags {
-                Err(e) => listing.failures.push(primary_failure(
-                    Some(repo.clone()),
+        while let Some((tags, failures)) = per_repo.next().await {
+            listing.tags += tags;
+            listing.failures.extend(failures);
+        }
+        listing
+    }
+
+    /// Lists and resolves one repository; sends its jobs. Returns the number
+    /// of tags resolved and the failures.
+    async fn list_repository(
+        &self,
+        repo: String,
+        jobs: mpsc::Sender<ImageJob>,
+    ) -> (usize, Vec<Failure>) {
+        let mut failures = Vec::new();
+        let tags = match self.primary.tags(&repo, &Scope::pull(&repo)).await {
+            Ok(t) => t.unwrap_or_default(),
+            Err(e) => {
+                failures.push(self.primary_failure(
+                    Some(repo),
                     None,
                     format!("listing tags failed: {e:#}"),
+                ));
+                return (0, failures);
+            }
+        };
+        let mut valid = Vec::new();
+        for tag in tags {
+            match names::check_tag(&tag) {
+                Ok(()) => valid.push(tag),
+                Err(why) => failures.push(self.primary_failure(
+                    Some(repo.clone()),
+                    Some(tag),
+                    format!("skipped: {why}"),
                 )),
-                Ok(tags) => {
-                    for tag in tags {
-                        match names::check_tag(&tag) {
-                            Ok(()) => to_resolve.push((repo.clone(), tag)),
-                            Err(why) => listing.failures.push(primary_failure(
-                                Some(repo.clone()),
-                                Some(tag),
-                                format!("skipped: {why}"),
-                            )),
-                        }
-                    }
-                }
             }
         }
-        drop(per_repo);
-
-        let mut resolved = futures::stream::iter(to_resolve)
-            .map(|(repo, tag)| async move {
+        let repo_ref = &repo;
+        let mut resolved = futures::stream::iter(valid)
+            .map(|tag| async move {
                 let head = self
                     .primary
-                    .head_manifest(&repo, &tag, &Scope::pull(&repo))
+                    .head_manifest(repo_ref, &tag, &Scope::pull(repo_ref))
                     .await;
-                (repo, tag, head)
+                (tag, head)
             })
-            .buffer_unordered(self.primary_request_concurrency());
-        let mut groups: BTreeMap<(String, Digest), Vec<String>> = BTreeMap::new();
-        while let Some((repo, tag, head)) = resolved.next().await {
+            .buffer_unordered(RESOLVE_CONCURRENCY);
+        let mut groups: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        let mut count = 0;
+        while let Some((tag, head)) = resolved.next().await {
             match head {
                 Ok(Some(h)) => {
-                    listing.tags += 1;
-                    groups.entry((repo, h.digest)).or_default().push(tag);
+                    count += 1;
+                    groups.entry(h.digest).or_default().push(tag);
                 }
                 // Deleted between listing and now: nothing to replicate.
                 Ok(None) => {
                     tracing::debug!(repository = %repo, %tag, "tag vanished from the primary")
                 }
-                Err(e) => listing.failures.push(primary_failure(
-                    Some(repo),
+                Err(e) => failures.push(self.primary_failure(
+                    Some(repo.clone()),
                     Some(tag),
                     format!("resolving the tag on the primary failed: {e:#}"),
                 )),
             }
         }
-        listing.images = groups
-            .into_iter()
-            .map(|((repository, digest), mut tags)| {
-                tags.sort();
-                ImageJob {
-                    repository,
-                    digest,
-                    tags,
-                }
-            })
-            .collect();
-        listing
+        drop(resolved);
+        for (digest, mut tags) in groups {
+            tags.sort();
+            let job = ImageJob {
+                repository: repo.clone(),
+                digest,
+                tags,
+            };
+            // The receiver lives as long as the pass.
+            if jobs.send(job).await.is_err() {
+                break;
+            }
+        }
+        (count, failures)
     }
 
-    fn primary_request_concurrency(&self) -> usize {
-        // Enough to keep the primary's request limit busy without queueing
-        // thousands of futures.
-        32
+    fn primary_failure(
+        &self,
+        repository: Option<String>,
+        tag: Option<String>,
+        cause: String,
+    ) -> Failure {
+        Failure {
+            region: self.primary.name().to_owned(),
+            repository,
+            tag,
+            digest: None,
+            cause,
+        }
     }
 }
