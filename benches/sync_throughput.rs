@@ -3,7 +3,10 @@
 //!
 //! `cargo bench --bench sync_throughput` uses the `small` corpus and 3
 //! regions; `GEOREP_BENCH_PRESET=medium` (or `large`), `GEOREP_BENCH_REGIONS`
-//! and `GEOREP_BENCH_ROUNDS` change that. Each round runs the raw baseline
+//! and `GEOREP_BENCH_ROUNDS` change that, `GEOREP_BENCH_BIG_LAYER_MIB` adds
+//! one layer of that size, `GEOREP_BENCH_RAW_CONCURRENCY` sets the
+//! baseline's blobs in flight and `GEOREP_BENCH_EXTRA_YAML` appends config
+//! keys to georep's config. Each round runs the raw baseline
 //! and a georep cold sync (regions wiped before each), then one no-op sync.
 //! The figure to read is the ratio georep / raw.
 
@@ -60,7 +63,16 @@ async fn run(preset: Preset, n_regions: usize, rounds: usize) {
                 .unwrap(),
         );
     }
-    let corpus = Corpus::generate(&CorpusSpec::preset(preset, 1)).await;
+    let mut spec = CorpusSpec::preset(preset, 1);
+    // One extra layer of this many MiB, to show memory does not follow blob size.
+    if let Some(mib) = std::env::var("GEOREP_BENCH_BIG_LAYER_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        spec.big_layers = 1;
+        spec.big_layer_bytes = (mib << 20, (mib << 20) + 1);
+    }
+    let corpus = Corpus::generate(&spec).await;
     let bytes = corpus.unique_blob_bytes();
     let t = Instant::now();
     corpus.push(&client(&primary.url())).await.unwrap();

@@ -27,7 +27,7 @@ use reqwest::Method;
 use tokio::sync::mpsc;
 
 use super::known::RegionId;
-use crate::digest::{Digest, Verifier};
+use crate::digest::Verifier;
 use crate::registry::error::display_url;
 use crate::registry::manifest::Descriptor;
 use crate::registry::{Registry, RegistryError, UploadSession};
@@ -60,7 +60,7 @@ pub async fn fan_out(
     let mut stream = match primary.get_blob(repository, digest).await {
         Ok(s) => s,
         Err(e) => {
-            return fail_all(&targets, &e, true).await;
+            return fail_all(&targets, &e).await;
         }
     };
     if let Some(len) = stream.size
@@ -74,7 +74,7 @@ pub async fn fan_out(
                 actual: len,
             },
         };
-        return fail_all(&targets, &e, true).await;
+        return fail_all(&targets, &e).await;
     }
 
     // Start every upload; each drains its own queue.
@@ -136,6 +136,7 @@ pub async fn fan_out(
             }
         }
     };
+    let source_url = display_url(&stream.url);
     drop(stream);
 
     let source_error = match source_error {
@@ -145,7 +146,7 @@ pub async fn fan_out(
             .finish()
             .err()
             .map(|mismatch| RegistryError::Corrupt {
-                url: display_url(&primary_blob_url(primary, repository, digest)),
+                url: source_url.clone(),
                 digest: digest.clone(),
                 mismatch,
             }),
@@ -248,21 +249,14 @@ async fn send_to_all(lanes: &mut [Lane], chunk: Bytes, stall: Duration) {
     }
 }
 
-fn primary_blob_url(primary: &Registry, repository: &str, digest: &Digest) -> url::Url {
-    url::Url::parse(&format!("{}/v2/{repository}/blobs/{digest}", primary.url()))
-        .unwrap_or_else(|_| url::Url::parse("http://invalid/").expect("static URL parses"))
-}
-
+/// Fails every target with `e` and cancels its (unused) upload session.
 async fn fail_all(
     targets: &[Target],
     e: &RegistryError,
-    cancel: bool,
 ) -> Vec<(RegionId, Result<(), RegistryError>)> {
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
-        if cancel {
-            t.registry.cancel_upload(&t.session).await;
-        }
+        t.registry.cancel_upload(&t.session).await;
         out.push((t.region, Err(e.clone())));
     }
     out
