@@ -25,6 +25,10 @@ pub enum Command {
     /// One pass: make every region match the primary, then exit
     /// (0 all in sync, 1 something failed, 2 bad config or usage).
     Sync(SyncArgs),
+    /// What each region has, how far behind it is, and its last errors,
+    /// from the state store (no registry is contacted); exit 0 when every
+    /// region is in sync, 1 otherwise.
+    Status(StatusArgs),
     /// Validate a config file and exit (0 valid, 2 invalid).
     CheckConfig(CheckConfigArgs),
     /// Start a local primary and two replica registries, push sample images,
@@ -38,6 +42,24 @@ pub struct SyncArgs {
     #[arg(long, short, env = "GEOREP_CONFIG")]
     pub config: PathBuf,
     /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Trust nothing the state store says: check every manifest and blob in
+    /// every region, correct the store, and copy whatever is missing.
+    #[arg(long)]
+    pub verify: bool,
+    /// Move the state store aside (kept as `store.broken-<time>`) and
+    /// rebuild it from the registries (implies --verify).
+    #[arg(long)]
+    pub rebuild_state: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The config file (YAML).
+    #[arg(long, short, env = "GEOREP_CONFIG")]
+    pub config: PathBuf,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

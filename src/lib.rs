@@ -4,7 +4,7 @@
 //!
 //! - [`bench`] — the raw copy baseline that throughput is compared with.
 //! - [`cli`] — command-line definitions (clap) only.
-//! - [`commands`] — one file per subcommand: `sync`, `check-config`, `demo`.
+//! - [`commands`] — one file per subcommand: `sync`, `status`, `check-config`, `demo`.
 //! - [`config`] — the YAML config: serde types, loading, validation with
 //!   file, line and column.
 //! - [`registry`] — HTTP client for the OCI distribution API: auth (basic,
@@ -14,6 +14,8 @@
 //! - [`engine`] — the replication pass: list the primary, diff each region,
 //!   copy blobs (one read fanned out to every region) then manifests then
 //!   tags, and report.
+//! - [`store`] — the checkpoint store (sled): facts about the primary and
+//!   each region, key layout and schema version.
 //! - [`corpus`] — deterministic synthetic images for the demo, the tests and
 //!   the benchmark.
 //! - [`localreg`] — local `docker-registry` processes for the demo, tests
@@ -29,3 +31,4 @@ pub mod digest;
 pub mod engine;
 pub mod localreg;
 pub mod registry;
+pub mod store;

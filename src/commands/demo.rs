@@ -12,9 +12,9 @@ use crate::cli::DemoArgs;
 use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
 use crate::config;
 use crate::corpus::{Corpus, CorpusSpec};
-use crate::engine::Engine;
 use crate::engine::blob::human_bytes;
 use crate::engine::report::table;
+use crate::engine::{Engine, SyncOptions};
 use crate::localreg::{LocalOptions, LocalRegistry};
 use crate::registry::Scope;
 
@@ -56,7 +56,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = config::load(&config_path)?;
     std::fs::create_dir_all(&config.state_dir)?;
-    let engine = Engine::new(&config);
+    let engine = Engine::new(&config, Engine::open_store(&config)?);
 
     let corpus = Corpus::generate(&CorpusSpec::preset(args.preset, args.seed)).await;
     eprintln!(
@@ -72,7 +72,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .context("pushing the sample images to the primary")?;
 
     eprintln!("replicating to {} ...", REGIONS.join(", "));
-    let report = engine.sync().await;
+    let report = engine.sync(SyncOptions::default()).await;
 
     // Where did each tag land? Ask every region directly.
     let mut header = vec![

@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod demo;
+pub mod status;
 pub mod sync;
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::cli::SyncArgs;
 use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
 use crate::config;
-use crate::engine::Engine;
+use crate::engine::{Engine, SyncOptions, store_path};
 
 pub async fn run(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let config = config::load(&args.config)?;
@@ -18,8 +18,30 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<ExitCode> {
             config.path.display()
         )
     })?;
-    let engine = Engine::new(&config);
-    let report = engine.sync().await;
+    if args.rebuild_state {
+        let path = store_path(&config);
+        if path.exists() {
+            let aside = path.with_file_name(format!("store.broken-{}", crate::store::now_unix()));
+            std::fs::rename(&path, &aside).with_context(|| {
+                format!(
+                    "moving the state store {} aside to {}",
+                    path.display(),
+                    aside.display()
+                )
+            })?;
+            eprintln!(
+                "moved the state store aside to {}; rebuilding it from the registries",
+                aside.display()
+            );
+        }
+    }
+    let store = Engine::open_store(&config)?;
+    let engine = Engine::new(&config, store);
+    let report = engine
+        .sync(SyncOptions {
+            verify: args.verify || args.rebuild_state,
+        })
+        .await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -50,27 +50,42 @@ impl Engine {
         let mut results: RegionResults = BTreeMap::new();
         let _guard = self.blob_locks.lock(digest.clone()).await;
 
-        // Present already?
+        // Present already? The store may know; a region that does not know
+        // the repository at all is not asked (see the mount below).
         let heads = regions.iter().map(|&r| async move {
-            if self.known.has_blob(r, repo, digest) {
-                return (r, Ok(true));
+            if self.facts.has_blob(r, repo, digest) {
+                return (r, Ok(Presence::Present));
             }
             if matches!(self.repo_state(r, repo).await, RepoState::Absent) {
-                return (r, Ok(false));
+                return (r, Ok(Presence::Unasked));
             }
             let head = self.regions[r]
                 .head_blob(repo, digest, &Scope::push(repo))
                 .await;
-            (r, head.map(|h| h.is_some()))
+            (
+                r,
+                head.map(|h| match h {
+                    Some(_) => Presence::Present,
+                    None => Presence::Absent,
+                }),
+            )
         });
         let mut pending: Vec<RegionId> = Vec::new();
+        let mut unasked: Vec<RegionId> = Vec::new();
         for (r, head) in join_all(heads).await {
             match head {
-                Ok(true) => {
-                    self.known.add_blob(r, repo, digest);
+                Ok(Presence::Present) => {
+                    self.facts.add_blob(r, repo, digest);
                     results.insert(r, Ok(()));
                 }
-                Ok(false) => pending.push(r),
+                Ok(Presence::Absent) => {
+                    self.facts.forget_blob(r, repo, digest);
+                    pending.push(r);
+                }
+                Ok(Presence::Unasked) => {
+                    pending.push(r);
+                    unasked.push(r);
+                }
                 Err(e) => {
                     results.insert(r, Err(blob_cause(desc, "checking", &e)));
                 }
@@ -80,17 +95,26 @@ impl Engine {
             return results;
         }
 
-        // Mount where the region holds it in another repository.
-        let mounts = pending.iter().map(|&r| async move {
-            let Some(from) = self.known.mount_source(r, digest, repo) else {
-                return (r, None);
-            };
-            match self.regions[r].mount_blob(repo, digest, &from).await {
-                Ok(Mount::Mounted) => (r, Some(Ok(()))),
-                Ok(Mount::Session(s)) => (r, Some(Err(Some(s)))),
-                Err(e) => {
-                    tracing::debug!(region = %self.regions[r].name(), %from, "mount failed, uploading instead: {e:#}");
-                    (r, Some(Err(None)))
+        // Mount where the region holds it in another repository. Where the
+        // region was not asked, a mount from the repository itself asks and
+        // opens the upload session in one request: `201` means the blob is
+        // there already (e.g. uploaded before a crash, with no tag yet),
+        // `202` hands over the session the upload needs anyway.
+        let mounts = pending.iter().map(|&r| {
+            let unasked = unasked.contains(&r);
+            async move {
+                let from = match self.facts.mount_source(r, digest, repo) {
+                    Some(other) => other,
+                    None if unasked => repo.to_owned(),
+                    None => return (r, None),
+                };
+                match self.regions[r].mount_blob(repo, digest, &from).await {
+                    Ok(Mount::Mounted) => (r, Some(Ok(from != repo))),
+                    Ok(Mount::Session(s)) => (r, Some(Err(Some(s)))),
+                    Err(e) => {
+                        tracing::debug!(region = %self.regions[r].name(), %from, "mount failed, uploading instead: {e:#}");
+                        (r, Some(Err(None)))
+                    }
                 }
             }
         });
@@ -98,11 +122,13 @@ impl Engine {
         let mut still = Vec::new();
         for (r, outcome) in join_all(mounts).await {
             match outcome {
-                Some(Ok(())) => {
-                    self.counters[r]
-                        .blobs_mounted
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.known.add_blob(r, repo, digest);
+                Some(Ok(mounted)) => {
+                    if mounted {
+                        self.counters[r]
+                            .blobs_mounted
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.facts.add_blob(r, repo, digest);
                     results.insert(r, Ok(()));
                 }
                 Some(Err(Some(session))) => {
@@ -184,6 +210,7 @@ impl Engine {
             drop(read_permit);
 
             let mut retry_delay = None;
+            let mut uploaded = false;
             for (r, res) in round {
                 match res {
                     Ok(()) => {
@@ -193,7 +220,8 @@ impl Engine {
                         self.counters[r]
                             .bytes_uploaded
                             .fetch_add(desc.size, Ordering::Relaxed);
-                        self.known.add_blob(r, repo, digest);
+                        self.facts.add_blob(r, repo, digest);
+                        uploaded = true;
                         results.insert(r, Ok(()));
                     }
                     Err(e) => {
@@ -217,6 +245,11 @@ impl Engine {
                         }
                     }
                 }
+            }
+            if uploaded {
+                // Bytes were moved: make the fact durable now, so a crash
+                // does not send them again.
+                self.facts.flush().await;
             }
             if let Some(d) = retry_delay {
                 tokio::time::sleep(d).await;
@@ -253,6 +286,14 @@ impl Engine {
         }
         got
     }
+}
+
+/// What the pass knows of a blob in one region before copying it.
+enum Presence {
+    Present,
+    Absent,
+    /// The region does not know the repository; not asked.
+    Unasked,
 }
 
 fn blob_cause(desc: &Descriptor, what: &str, e: &RegistryError) -> String {

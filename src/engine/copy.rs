@@ -47,41 +47,42 @@ impl Engine {
         let repo = &job.repository;
         let mut outcomes = Vec::new();
 
-        // Which regions need which tags. A tag the region's listing lacks
-        // needs no HEAD to know it is missing.
+        // Which regions need which tags: what the store says first, then the
+        // region's listing, then a HEAD.
         let checks = self.region_ids().into_iter().flat_map(|r| {
             job.tags.iter().map(move |tag| async move {
-                let listed = match self.repo_state(r, repo).await {
-                    RepoState::Absent => false,
-                    RepoState::Tags(tags) => tags.contains(tag),
-                    RepoState::Unknown => true,
-                };
-                if !listed {
-                    return (r, tag.clone(), Ok(None));
-                }
-                let head = self.regions[r]
-                    .head_manifest(repo, tag, &Scope::push(repo))
-                    .await;
-                (r, tag.clone(), head)
+                (r, tag.clone(), self.region_tag(r, repo, tag).await)
             })
         });
         let mut needs: BTreeMap<RegionId, Vec<String>> = BTreeMap::new();
-        for (r, tag, head) in join_all(checks).await {
-            match head {
-                Ok(Some(h)) if h.digest == job.digest => {
-                    self.known.add_manifest(r, repo, &job.digest);
-                    outcomes.push(TagOutcome {
-                        region: r,
-                        tag,
-                        state: TagState::InSync,
-                        failure: None,
-                    });
-                }
+        let mut in_sync: BTreeMap<RegionId, Vec<String>> = BTreeMap::new();
+        for (r, tag, held) in join_all(checks).await {
+            match held {
+                Ok(Some(d)) if d == job.digest => in_sync.entry(r).or_default().push(tag),
                 Ok(_) => needs.entry(r).or_default().push(tag),
                 Err(e) => outcomes.push(failed(r, tag, format!("checking the tag failed: {e:#}"))),
             }
         }
-        if needs.is_empty() {
+        let verifying = self.facts.verifying();
+        let in_sync_outcomes = |outcomes: &mut Vec<TagOutcome>,
+                                in_sync: &BTreeMap<RegionId, Vec<String>>,
+                                broken: &RegionResults| {
+            for (r, tags) in in_sync {
+                for t in tags {
+                    outcomes.push(match broken.get(r) {
+                        Some(Err(cause)) => failed(*r, t.clone(), cause.clone()),
+                        _ => TagOutcome {
+                            region: *r,
+                            tag: t.clone(),
+                            state: TagState::InSync,
+                            failure: None,
+                        },
+                    });
+                }
+            }
+        };
+        if needs.is_empty() && !verifying {
+            in_sync_outcomes(&mut outcomes, &in_sync, &BTreeMap::new());
             return outcomes;
         }
 
@@ -100,43 +101,46 @@ impl Engine {
             .get_manifest(repo, job.digest.as_str(), &Scope::pull(repo))
             .await
         {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                fail_all(
-                    &mut outcomes,
-                    &needs,
-                    "the manifest disappeared from the primary during the pass",
-                );
-                return outcomes;
-            }
-            Err(e) => {
-                fail_all(
-                    &mut outcomes,
-                    &needs,
-                    &format!("reading the manifest from the primary failed: {e:#}"),
-                );
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err("the manifest disappeared from the primary during the pass".to_owned()),
+            Err(e) => Err(format!(
+                "reading the manifest from the primary failed: {e:#}"
+            )),
+        }
+        .and_then(|m| m.kind().map(|_| m).map_err(|e| e.to_string()));
+        let root = match root {
+            Ok(m) => m,
+            Err(cause) => {
+                fail_all(&mut outcomes, &needs, &cause);
+                in_sync_outcomes(&mut outcomes, &in_sync, &BTreeMap::new());
                 return outcomes;
             }
         };
-        if let Err(e) = root.kind() {
-            fail_all(&mut outcomes, &needs, &e.to_string());
-            return outcomes;
-        }
 
         // Regions that hold the manifest already (under another tag) only
-        // need the tag; the others need its content first.
+        // need the tag; the others need its content first. When verifying,
+        // the content of every region is checked, in sync or not.
         let regions: Vec<RegionId> = needs.keys().copied().collect();
         let (present, errors) = self.manifest_presence(repo, &job.digest, &regions).await;
         let mut ready: RegionResults = errors.into_iter().map(|(r, e)| (r, Err(e))).collect();
-        let lacking: Vec<RegionId> = regions
+        let mut deep: Vec<RegionId> = regions
             .iter()
             .copied()
-            .filter(|r| !present.contains(r) && !ready.contains_key(r))
+            .filter(|r| (verifying || !present.contains(r)) && !ready.contains_key(r))
             .collect();
         for r in present {
-            ready.insert(r, Ok(()));
+            ready.entry(r).or_insert(Ok(()));
         }
-        ready.extend(self.ensure_dependencies(repo, &root, &lacking, 0).await);
+        if verifying {
+            deep.extend(in_sync.keys().copied().filter(|r| !needs.contains_key(r)));
+        }
+        let checked = self.ensure_dependencies(repo, &root, &deep, 0).await;
+        for (r, res) in &checked {
+            if res.is_err() || !ready.contains_key(r) {
+                ready.insert(*r, res.clone());
+            }
+        }
+        in_sync_outcomes(&mut outcomes, &in_sync, &checked);
 
         // Tags last, one region at a time each, all regions at once.
         let tag_puts = needs.iter().map(|(r, tags)| {
@@ -156,7 +160,13 @@ impl Engine {
                                 self.counters[r]
                                     .manifests_pushed
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                self.known.add_manifest(r, repo, &root.digest);
+                                self.facts.add_manifest(r, repo, tag, &root.digest);
+                                self.facts.add_manifest(
+                                    r,
+                                    repo,
+                                    root.digest.as_str(),
+                                    &root.digest,
+                                );
                                 tracing::info!(
                                     region = %self.regions[r].name(),
                                     "replicated {repo}:{tag}"
@@ -184,6 +194,41 @@ impl Engine {
         outcomes
     }
 
+    /// The digest region `r` serves under `repo:tag`: from the store if it
+    /// knows (and is trusted), else from the region's listing and a HEAD,
+    /// whose answer is recorded.
+    async fn region_tag(
+        &self,
+        r: RegionId,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<Digest>, crate::registry::RegistryError> {
+        if let Some(d) = self.facts.tag(r, repo, tag) {
+            return Ok(Some(d));
+        }
+        let listed = match self.repo_state(r, repo).await {
+            RepoState::Absent => false,
+            RepoState::Tags(tags) => tags.contains(tag),
+            RepoState::Unknown => true,
+        };
+        let head = if listed {
+            self.regions[r]
+                .head_manifest(repo, tag, &Scope::push(repo))
+                .await?
+        } else {
+            None
+        };
+        match &head {
+            Some(h) => {
+                self.facts.add_manifest(r, repo, tag, &h.digest);
+                self.facts
+                    .add_manifest(r, repo, h.digest.as_str(), &h.digest);
+            }
+            None => self.facts.forget_manifest(r, repo, tag),
+        }
+        Ok(head.map(|h| h.digest))
+    }
+
     /// Which of `regions` already hold manifest `digest` in `repo`, and
     /// which could not be asked.
     async fn manifest_presence(
@@ -193,7 +238,7 @@ impl Engine {
         regions: &[RegionId],
     ) -> (Vec<RegionId>, Vec<(RegionId, String)>) {
         let checks = regions.iter().map(|&r| async move {
-            if self.known.has_manifest(r, repo, digest) {
+            if self.facts.has_manifest(r, repo, digest) {
                 return (r, Ok(true));
             }
             if matches!(self.repo_state(r, repo).await, RepoState::Absent) {
@@ -209,10 +254,10 @@ impl Engine {
         for (r, res) in join_all(checks).await {
             match res {
                 Ok(true) => {
-                    self.known.add_manifest(r, repo, digest);
+                    self.facts.add_manifest(r, repo, digest.as_str(), digest);
                     present.push(r);
                 }
-                Ok(false) => {}
+                Ok(false) => self.facts.forget_manifest(r, repo, digest.as_str()),
                 Err(e) => errors.push((r, format!("checking manifest {digest} failed: {e:#}"))),
             }
         }
@@ -294,10 +339,20 @@ impl Engine {
                 .copied()
                 .filter(|r| !present.contains(r) && !results.contains_key(r))
                 .collect();
+            // Verifying: the content under a present manifest is checked too.
+            let deep: Vec<RegionId> = if self.facts.verifying() {
+                regions
+                    .iter()
+                    .copied()
+                    .filter(|r| !results.contains_key(r))
+                    .collect()
+            } else {
+                lacking.clone()
+            };
             for r in present {
                 results.insert(r, Ok(()));
             }
-            if lacking.is_empty() {
+            if deep.is_empty() {
                 return results;
             }
             let manifest = match self
@@ -310,17 +365,17 @@ impl Engine {
                     // A referrer whose subject is not on the primary: there
                     // is nothing to copy, and registries accept it as is.
                     tracing::debug!(%digest, "subject not on the primary; copying the referrer alone");
-                    results.extend(lacking.iter().map(|&r| (r, Ok(()))));
+                    results.extend(deep.iter().map(|&r| (r, Ok(()))));
                     return results;
                 }
                 Ok(None) => {
                     let cause = format!("child manifest {digest} is missing on the primary");
-                    results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                    results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                     return results;
                 }
                 Err(e) => {
                     let cause = format!("reading manifest {digest} from the primary failed: {e:#}");
-                    results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                    results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                     return results;
                 }
             };
@@ -330,26 +385,25 @@ impl Engine {
                     manifest.bytes.len(),
                     desc.size
                 );
-                results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                 return results;
             }
             if let Err(e) = manifest.kind() {
                 let cause = format!("manifest {digest}: {e}");
-                results.extend(lacking.iter().map(|&r| (r, Err(cause.clone()))));
+                results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                 return results;
             }
             if manifest.kind().ok() == Some(Kind::Index) {
                 tracing::debug!(%digest, "copying index");
             }
-            let deps = self
-                .ensure_dependencies(repo, &manifest, &lacking, depth)
-                .await;
+            let deps = self.ensure_dependencies(repo, &manifest, &deep, depth).await;
             let pushes = deps.into_iter().map(|(r, dep)| {
                 let manifest = &manifest;
                 let digest = &digest;
+                let lacks = lacking.contains(&r);
                 async move {
-                    if let Err(e) = dep {
-                        return (r, Err(e));
+                    if dep.is_err() || !lacks {
+                        return (r, dep);
                     }
                     match self.regions[r]
                         .put_manifest(repo, digest.as_str(), manifest)
@@ -359,7 +413,7 @@ impl Engine {
                             self.counters[r]
                                 .manifests_pushed
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            self.known.add_manifest(r, repo, digest);
+                            self.facts.add_manifest(r, repo, digest.as_str(), digest);
                             (r, Ok(()))
                         }
                         Err(e) => (r, Err(format!("pushing manifest {digest} failed: {e:#}"))),

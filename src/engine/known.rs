@@ -1,73 +1,159 @@
-//! Facts learnt during this process about what each region holds: a blob is
-//! in these repositories, a manifest is in that one. Written only after the
-//! region acknowledged the fact (a 2xx on PUT or mount, or a HEAD that found
-//! it), so it never lies (DESIGN invariant 4); used to skip repeated HEADs
-//! and to pick a source repository for cross-repository mounts.
+//! What georep knows of each region, and how far to trust it this pass.
+//!
+//! [`Facts`] wraps the checkpoint store with the pass's policy: in a normal
+//! pass a recorded fact is believed (no request is made to confirm it); in a
+//! `--verify` pass nothing recorded before the pass is believed, every item
+//! is asked again, and the answers rewrite the store (a fact that is no
+//! longer true is forgotten). Facts acknowledged during the pass itself are
+//! believed either way: asking again would mean writing the same blob link
+//! twice, which the distribution registry does not survive under a
+//! concurrent manifest push. Facts are written only after the region acknowledged them.
+//! The store is a cache: a failed write is logged and costs a request later,
+//! never a wrong answer.
+//!
+//! [`RegionRepos`] holds, for one pass, each region's tag listing of each
+//! repository, fetched only when the store cannot answer.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
 use crate::digest::Digest;
+pub use crate::store::RegionId;
+use crate::store::{Store, StoreError, now_unix_ms};
 
-/// Region index, in config order.
-pub type RegionId = usize;
-
-#[derive(Default)]
-pub struct Known {
-    blobs: Mutex<HashMap<(RegionId, Digest), Vec<String>>>,
-    manifests: Mutex<HashSet<(RegionId, String, Digest)>>,
+pub struct Facts {
+    store: Arc<Store>,
+    verify: AtomicBool,
+    /// Start of the current pass (unix ms): facts at or after it are fresh.
+    pass_started_ms: AtomicU64,
+    write_failed: AtomicBool,
 }
 
-impl Known {
-    pub fn has_blob(&self, region: RegionId, repository: &str, digest: &Digest) -> bool {
-        let blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
-        blobs
-            .get(&(region, digest.clone()))
-            .is_some_and(|repos| repos.iter().any(|r| r == repository))
-    }
-
-    pub fn add_blob(&self, region: RegionId, repository: &str, digest: &Digest) {
-        let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
-        let repos = blobs.entry((region, digest.clone())).or_default();
-        if !repos.iter().any(|r| r == repository) {
-            repos.push(repository.to_owned());
+impl Facts {
+    pub fn new(store: Arc<Store>) -> Facts {
+        Facts {
+            store,
+            verify: AtomicBool::new(false),
+            pass_started_ms: AtomicU64::new(0),
+            write_failed: AtomicBool::new(false),
         }
     }
 
-    /// Forgets a blob in one repository, after the region said it is not
-    /// there after all.
-    pub fn forget_blob(&self, region: RegionId, repository: &str, digest: &Digest) {
-        let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(repos) = blobs.get_mut(&(region, digest.clone())) {
-            repos.retain(|r| r != repository);
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Starts a pass; with `verify`, nothing recorded before now is trusted.
+    pub fn begin_pass(&self, verify: bool) {
+        self.pass_started_ms.store(now_unix_ms(), Ordering::Relaxed);
+        self.verify.store(verify, Ordering::Relaxed);
+    }
+
+    /// Whether a fact acknowledged at `at_ms` may be believed.
+    fn trusted(&self, at_ms: u64) -> bool {
+        !self.verifying() || at_ms >= self.pass_started_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn verifying(&self) -> bool {
+        self.verify.load(Ordering::Relaxed)
+    }
+
+    /// The digest region `r` serves under `repo:tag`, if recorded and trusted.
+    pub fn tag(&self, r: RegionId, repo: &str, tag: &str) -> Option<Digest> {
+        self.store
+            .manifest(r, repo, tag)
+            .filter(|f| self.trusted(f.at_ms))
+            .map(|f| f.digest)
+    }
+
+    pub fn has_manifest(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
+        self.store
+            .manifest(r, repo, digest.as_str())
+            .is_some_and(|f| self.trusted(f.at_ms))
+    }
+
+    pub fn has_blob(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
+        self.store
+            .blob(r, repo, digest)
+            .is_some_and(|at| self.trusted(at))
+    }
+
+    /// Another repository of `r` recorded to hold `digest`. Used even when
+    /// verifying: a mount from a repository that lost the blob just fails
+    /// and the blob is uploaded instead.
+    pub fn mount_source(&self, r: RegionId, digest: &Digest, repo: &str) -> Option<String> {
+        self.store.mount_source(r, digest, repo)
+    }
+
+    fn write(&self, what: &str, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            if self.write_failed.swap(true, Ordering::Relaxed) {
+                tracing::debug!("recording {what} failed: {e:#}");
+            } else {
+                tracing::warn!(
+                    "recording {what} failed (the pass goes on; the fact will be checked again next time): {e:#}"
+                );
+            }
         }
     }
 
-    /// Another repository of `region` known to hold `digest`, to mount from.
-    pub fn mount_source(
-        &self,
-        region: RegionId,
-        digest: &Digest,
-        repository: &str,
-    ) -> Option<String> {
-        let blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
-        blobs
-            .get(&(region, digest.clone()))?
-            .iter()
-            .find(|r| *r != repository)
-            .cloned()
+    /// Region `r` acknowledged `digest` under `reference` (a tag or the digest).
+    pub fn add_manifest(&self, r: RegionId, repo: &str, reference: &str, digest: &Digest) {
+        self.write(
+            "a manifest",
+            self.store.record_manifest(r, repo, reference, digest),
+        );
     }
 
-    pub fn has_manifest(&self, region: RegionId, repository: &str, digest: &Digest) -> bool {
-        let m = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
-        m.contains(&(region, repository.to_owned(), digest.clone()))
+    pub fn forget_manifest(&self, r: RegionId, repo: &str, reference: &str) {
+        self.write("a manifest", self.store.forget_manifest(r, repo, reference));
     }
 
-    pub fn add_manifest(&self, region: RegionId, repository: &str, digest: &Digest) {
-        let mut m = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
-        m.insert((region, repository.to_owned(), digest.clone()));
+    pub fn add_blob(&self, r: RegionId, repo: &str, digest: &Digest) {
+        self.write("a blob", self.store.record_blob(r, repo, digest));
+    }
+
+    pub fn forget_blob(&self, r: RegionId, repo: &str, digest: &Digest) {
+        self.write("a blob", self.store.forget_blob(r, repo, digest));
+    }
+
+    /// The primary lists `repo:tag` at `digest`.
+    pub fn primary_tag(&self, repo: &str, tag: &str, digest: &Digest, media_type: Option<&str>) {
+        let unchanged = self
+            .store
+            .primary_tag(repo, tag)
+            .is_some_and(|t| t.deleted_at.is_none() && t.digest == *digest);
+        if !unchanged {
+            self.write(
+                "the primary's tag",
+                self.store.record_primary_tag(repo, tag, digest, media_type),
+            );
+        }
+    }
+
+    /// `repo:tag` is gone from the primary: keep it as a tombstone.
+    pub fn primary_tag_gone(&self, repo: &str, tag: &str) {
+        self.write("a deleted tag", self.store.tombstone_primary_tag(repo, tag));
+    }
+
+    /// Tags of `repo` the store believes the primary has.
+    pub fn primary_tags(&self, repo: &str) -> Vec<String> {
+        self.store.primary_tags(repo).into_keys().collect()
+    }
+
+    /// Makes the facts so far durable: called after each uploaded blob (so a
+    /// crash does not cost the bytes again) and at the end of a pass.
+    pub async fn flush(&self) {
+        let r = self.store.flush().await;
+        self.write("the store to disk", r);
+    }
+
+    /// Whether any store write failed during this process.
+    pub fn had_write_errors(&self) -> bool {
+        self.write_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -114,24 +200,5 @@ impl RegionRepos {
     /// Forgets every listing: a new pass lists again.
     pub fn clear(&self) {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_source_is_another_repository() {
-        let k = Known::default();
-        let d = Digest::sha256_of(b"x");
-        assert_eq!(k.mount_source(0, &d, "a"), None);
-        k.add_blob(0, "a", &d);
-        assert!(k.has_blob(0, "a", &d));
-        assert!(!k.has_blob(1, "a", &d));
-        assert_eq!(k.mount_source(0, &d, "a"), None);
-        assert_eq!(k.mount_source(0, &d, "b"), Some("a".into()));
-        k.forget_blob(0, "a", &d);
-        assert_eq!(k.mount_source(0, &d, "b"), None);
     }
 }

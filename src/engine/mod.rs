@@ -31,9 +31,15 @@ use tokio::sync::Semaphore;
 use crate::config::{Concurrency, Config, RepositoryFilter, Timeouts};
 use crate::digest::Digest;
 use crate::registry::{Registry, StatsSnapshot, http_client};
-use known::{Known, RegionId, RegionRepos, RepoState};
+use crate::store::Store;
+use known::{Facts, RegionId, RegionRepos, RepoState};
 use locks::KeyedLocks;
 pub use report::{Failure, RegionReport, SyncReport, TagReport, TagState};
+
+/// Where the store lives inside the state directory.
+pub fn store_path(config: &Config) -> std::path::PathBuf {
+    config.state_dir.join("store")
+}
 
 /// Image jobs listed but not yet started, at most.
 const JOB_QUEUE: usize = 64;
@@ -53,7 +59,7 @@ pub struct Engine {
     region_uploads: Vec<Arc<Semaphore>>,
     blob_locks: KeyedLocks<Digest>,
     manifest_locks: KeyedLocks<(String, Digest)>,
-    known: Known,
+    facts: Facts,
     region_repos: RegionRepos,
     counters: Vec<RegionCounters>,
 }
@@ -66,8 +72,27 @@ struct RegionCounters {
     manifests_pushed: AtomicU64,
 }
 
+/// How a pass treats what the store says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// Trust nothing recorded: check every manifest and blob in every region,
+    /// correct the store, copy whatever is missing.
+    pub verify: bool,
+}
+
 impl Engine {
-    pub fn new(config: &Config) -> Engine {
+    /// Opens the store in the config's state directory for this config's
+    /// regions.
+    pub fn open_store(config: &Config) -> Result<Arc<Store>, crate::store::StoreError> {
+        let regions: Vec<(String, String)> = config
+            .regions
+            .iter()
+            .map(|r| (r.name.clone(), r.display_url()))
+            .collect();
+        Ok(Arc::new(Store::open(&store_path(config), &regions)?))
+    }
+
+    pub fn new(config: &Config, store: Arc<Store>) -> Engine {
         let http = http_client(&config.timeouts);
         let primary = Arc::new(Registry::new(
             &config.primary,
@@ -102,7 +127,7 @@ impl Engine {
             blob_reads: Arc::new(Semaphore::new(config.concurrency.blobs)),
             blob_locks: KeyedLocks::default(),
             manifest_locks: KeyedLocks::default(),
-            known: Known::default(),
+            facts: Facts::new(store),
             region_repos: RegionRepos::default(),
         }
     }
@@ -121,8 +146,13 @@ impl Engine {
 
     /// One pass: make every region match the primary. Never fails as a
     /// whole; what did not work is listed in the report.
-    pub async fn sync(&self) -> SyncReport {
+    pub fn store(&self) -> &Arc<Store> {
+        self.facts.store()
+    }
+
+    pub async fn sync(&self, options: SyncOptions) -> SyncReport {
         let started = Instant::now();
+        self.facts.begin_pass(options.verify);
         let before_primary = self.primary.stats();
         let before: Vec<(StatsSnapshot, [u64; 4])> = (0..self.regions.len())
             .map(|r| (self.regions[r].stats(), self.counter_values(r)))
@@ -152,10 +182,14 @@ impl Engine {
             while let Some((job, outcomes)) = results.next().await {
                 for o in outcomes {
                     let region = &self.regions[o.region];
-                    let entry = tag_states
-                        .entry((job.repository.clone(), o.tag.clone()))
-                        .or_insert_with(|| (job.digest.clone(), BTreeMap::new()));
-                    entry.1.insert(region.name().to_owned(), o.state);
+                    // Per-tag detail only for what changed or failed: memory
+                    // must not grow with the number of tags in sync.
+                    if o.state != TagState::InSync {
+                        let entry = tag_states
+                            .entry((job.repository.clone(), o.tag.clone()))
+                            .or_insert_with(|| (job.digest.clone(), BTreeMap::new()));
+                        entry.1.insert(region.name().to_owned(), o.state);
+                    }
                     let counts = &mut per_region[o.region];
                     match o.state {
                         TagState::InSync => counts.0 += 1,
@@ -176,6 +210,44 @@ impl Engine {
         };
         let (listing, ()) = tokio::join!(listing, copying);
         failures.extend(listing.failures);
+
+        // Each region's pass: a success, or its first error. Failing to read
+        // the primary is every region's error.
+        let primary_error = failures
+            .iter()
+            .find(|f| f.region == self.primary.name())
+            .map(|f| format!("primary {}: {}", self.primary.name(), f.cause));
+        for (r, reg) in self.regions.iter().enumerate() {
+            let error = failures
+                .iter()
+                .find(|f| f.region == reg.name())
+                .map(|f| {
+                    let what = match (&f.repository, &f.tag) {
+                        (Some(repo), Some(tag)) => format!("{repo}:{tag}: "),
+                        (Some(repo), None) => format!("{repo}: "),
+                        _ => String::new(),
+                    };
+                    format!("{what}{}", f.cause)
+                })
+                .or_else(|| primary_error.clone());
+            let recorded = self.facts.store().record_pass(r, error.as_deref());
+            if let Err(e) = recorded {
+                tracing::warn!("recording the pass of {} failed: {e:#}", reg.name());
+            }
+        }
+        self.facts.flush().await;
+        if self.facts.had_write_errors() {
+            failures.push(Failure {
+                region: "state".to_owned(),
+                repository: None,
+                tag: None,
+                digest: None,
+                cause: format!(
+                    "writing the state store {} failed (see the log); the next pass will check again what was not recorded",
+                    self.facts.store().path().display()
+                ),
+            });
+        }
 
         let regions = self
             .regions

@@ -54,6 +54,14 @@ impl Engine {
                 return listing;
             }
         };
+        // Repositories gone from the catalog: their tags are tombstoned.
+        for gone in self.facts.store().primary_repositories() {
+            if self.filter.allows(&gone) && !repositories.contains(&gone) {
+                for tag in self.facts.primary_tags(&gone) {
+                    self.facts.primary_tag_gone(&gone, &tag);
+                }
+            }
+        }
         let mut wanted = Vec::new();
         for repo in repositories {
             if !self.filter.allows(&repo) {
@@ -92,7 +100,15 @@ impl Engine {
     ) -> (usize, Vec<Failure>) {
         let mut failures = Vec::new();
         let tags = match self.primary.tags(&repo, &Scope::pull(&repo)).await {
-            Ok(t) => t.unwrap_or_default(),
+            Ok(t) => {
+                let t = t.unwrap_or_default();
+                for known in self.facts.primary_tags(&repo) {
+                    if !t.contains(&known) {
+                        self.facts.primary_tag_gone(&repo, &known);
+                    }
+                }
+                t
+            }
             Err(e) => {
                 failures.push(self.primary_failure(
                     Some(repo),
@@ -129,11 +145,14 @@ impl Engine {
             match head {
                 Ok(Some(h)) => {
                     count += 1;
+                    self.facts
+                        .primary_tag(&repo, &tag, &h.digest, h.media_type.as_deref());
                     groups.entry(h.digest).or_default().push(tag);
                 }
                 // Deleted between listing and now: nothing to replicate.
                 Ok(None) => {
-                    tracing::debug!(repository = %repo, %tag, "tag vanished from the primary")
+                    tracing::debug!(repository = %repo, %tag, "tag vanished from the primary");
+                    self.facts.primary_tag_gone(&repo, &tag);
                 }
                 Err(e) => failures.push(self.primary_failure(
                     Some(repo.clone()),

@@ -13,7 +13,8 @@ use crate::registry::StatsSnapshot;
 pub struct SyncReport {
     pub primary: PrimaryReport,
     pub regions: Vec<RegionReport>,
-    /// Every tag the primary listed, and its state in each region.
+    /// Tags this pass copied or failed to copy, and their state in each
+    /// region (tags already in sync everywhere are only counted).
     pub tags: Vec<TagReport>,
     pub failures: Vec<Failure>,
     pub elapsed_secs: f64,

@@ -1,0 +1,597 @@
+//! The checkpoint store: what georep knows about the primary and each
+//! region, kept on disk (sled) between passes and across crashes.
+//!
+//! The store is a cache of facts about the registries, which stay the
+//! source of truth (DESIGN invariant 4). A fact "region R has X" is written
+//! only after R acknowledged X (a 2xx to a PUT or a mount, or a HEAD that
+//! found it). Losing facts costs requests, never correctness: what the store
+//! does not know is asked again. `georep sync --verify` re-checks every fact,
+//! and `--rebuild-state` starts from an empty store.
+//!
+//! # Key layout (schema version 1)
+//!
+//! | tree | key | value (JSON) |
+//! |---|---|---|
+//! | `meta` | `schema_version` | `1` |
+//! | `primary` | `repo \0 tag` | [`PrimaryTag`]: digest, media type, seen/deleted times |
+//! | `regions` | region name | [`RegionStatus`]: URL, last pass, last success, last error |
+//! | `manifests/<region>` | `repo \0 tag-or-digest` | [`ManifestFact`]: digest, time |
+//! | `blobs/<region>` | digest | repositories holding it, with the time each was acknowledged (`{"a": ms}`) |
+//!
+//! A region's facts are bound to its URL: if the config points a region
+//! name at another URL, its facts are dropped when the store is opened.
+//!
+//! sled is used only here; the rest of the crate sees [`Store`].
+
+mod time;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+pub use time::{format_unix, now_unix, now_unix_ms};
+
+/// The layout this code writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// sled's page cache: the store holds small records, and memory must not
+/// grow with the number of tags (sled's default is 1 GiB).
+const CACHE_BYTES: u64 = 16 << 20;
+/// Background flush interval; facts that matter are flushed explicitly.
+const FLUSH_EVERY_MS: u64 = 500;
+
+/// Region index, in config order.
+pub type RegionId = usize;
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the state store {} is in use by another georep process (a sync or the daemon); wait for it to finish",
+        path.display()
+    )]
+    Busy { path: PathBuf },
+    #[error(
+        "the state store {} has schema version {found}, newer than this georep understands ({SCHEMA_VERSION}): upgrade georep, or run `georep sync --rebuild-state` to start a new store",
+        path.display()
+    )]
+    NewerSchema { path: PathBuf, found: u32 },
+    #[error(
+        "the state store {} cannot be opened: {detail}; run `georep sync --rebuild-state` to move it aside and rebuild it from the registries",
+        path.display()
+    )]
+    Unreadable { path: PathBuf, detail: String },
+    #[error("the state store {} failed: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// The primary's state of one tag, as last listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryTag {
+    pub digest: Digest,
+    #[serde(default)]
+    pub media_type: Option<String>,
+    /// When the tag was last seen with this digest (unix seconds).
+    pub seen_at: u64,
+    /// Set when the tag disappeared from the primary (a tombstone).
+    #[serde(default)]
+    pub deleted_at: Option<u64>,
+}
+
+/// A region holds `digest` under a tag or by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFact {
+    pub digest: Digest,
+    /// When the region acknowledged it (unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// Repository -> when the region acknowledged the blob there (unix ms).
+type BlobRepos = BTreeMap<String, u64>;
+
+/// One region's pass history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    pub url: String,
+    #[serde(default)]
+    pub last_pass_at: Option<u64>,
+    #[serde(default)]
+    pub last_success_at: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_error_at: Option<u64>,
+}
+
+struct RegionTrees {
+    name: String,
+    manifests: sled::Tree,
+    blobs: sled::Tree,
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    primary: sled::Tree,
+    statuses: sled::Tree,
+    regions: Vec<RegionTrees>,
+}
+
+fn key(repository: &str, reference: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(repository.len() + 1 + reference.len());
+    k.extend_from_slice(repository.as_bytes());
+    k.push(0);
+    k.extend_from_slice(reference.as_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> Option<(String, String)> {
+    let i = k.iter().position(|b| *b == 0)?;
+    Some((
+        String::from_utf8(k[..i].to_vec()).ok()?,
+        String::from_utf8(k[i + 1..].to_vec()).ok()?,
+    ))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
+    // A record that does not decode is treated as unknown: the fact is
+    // asked again rather than trusted.
+    serde_json::from_slice(v).ok()
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain data structs always serialize.
+    serde_json::to_vec(v).expect("store records serialize")
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` for these regions, given as
+    /// (name, URL) in config order.
+    pub fn open(path: &Path, regions: &[(String, String)]) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Unreadable {
+            path: path.to_owned(),
+            detail: format!("cannot create the directory: {e}"),
+        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Busy {
+                        path: path.to_owned(),
+                    }
+                }
+                other => StoreError::Unreadable {
+                    path: path.to_owned(),
+                    detail: other.to_string(),
+                },
+            })?;
+        let io = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = db.open_tree("meta").map_err(io)?;
+        match meta.get("schema_version").map_err(io)? {
+            None => {
+                meta.insert("schema_version", encode(&SCHEMA_VERSION))
+                    .map_err(io)?;
+            }
+            Some(v) => match decode::<u32>(&v) {
+                Some(SCHEMA_VERSION) => {}
+                Some(found) if found > SCHEMA_VERSION => {
+                    return Err(StoreError::NewerSchema {
+                        path: path.to_owned(),
+                        found,
+                    });
+                }
+                other => {
+                    return Err(StoreError::Unreadable {
+                        path: path.to_owned(),
+                        detail: format!("unknown schema version {other:?}"),
+                    });
+                }
+            },
+        }
+        let primary = db.open_tree("primary").map_err(io)?;
+        let statuses = db.open_tree("regions").map_err(io)?;
+        let mut trees = Vec::new();
+        for (name, url) in regions {
+            let status: Option<RegionStatus> = statuses
+                .get(name.as_bytes())
+                .map_err(io)?
+                .and_then(|v| decode(&v));
+            let manifests_name = format!("manifests/{name}");
+            let blobs_name = format!("blobs/{name}");
+            if let Some(s) = &status
+                && s.url != *url
+            {
+                tracing::info!(
+                    region = %name,
+                    old = %s.url,
+                    new = %url,
+                    "region points at another registry now: forgetting what the store knew of it"
+                );
+                db.drop_tree(manifests_name.as_bytes()).map_err(io)?;
+                db.drop_tree(blobs_name.as_bytes()).map_err(io)?;
+                statuses.remove(name.as_bytes()).map_err(io)?;
+            }
+            if status.as_ref().is_none_or(|s| s.url != *url) {
+                let fresh = RegionStatus {
+                    url: url.clone(),
+                    ..RegionStatus::default()
+                };
+                statuses
+                    .insert(name.as_bytes(), encode(&fresh))
+                    .map_err(io)?;
+            }
+            trees.push(RegionTrees {
+                name: name.clone(),
+                manifests: db.open_tree(manifests_name).map_err(io)?,
+                blobs: db.open_tree(blobs_name).map_err(io)?,
+            });
+        }
+        Ok(Store {
+            path: path.to_owned(),
+            db,
+            primary,
+            statuses,
+            regions: trees,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: sled::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.io(e))
+    }
+
+    // --- the primary -------------------------------------------------------
+
+    pub fn primary_tag(&self, repository: &str, tag: &str) -> Option<PrimaryTag> {
+        self.primary
+            .get(key(repository, tag))
+            .ok()
+            .flatten()
+            .and_then(|v| decode(&v))
+    }
+
+    /// Records that the primary lists `repository:tag` at `digest`.
+    pub fn record_primary_tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        digest: &Digest,
+        media_type: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let rec = PrimaryTag {
+            digest: digest.clone(),
+            media_type: media_type.map(str::to_owned),
+            seen_at: now_unix(),
+            deleted_at: None,
+        };
+        self.primary
+            .insert(key(repository, tag), encode(&rec))
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Tags of `repository` the store knows on the primary (live ones).
+    pub fn primary_tags(&self, repository: &str) -> BTreeMap<String, PrimaryTag> {
+        let mut prefix = repository.as_bytes().to_vec();
+        prefix.push(0);
+        self.primary
+            .scan_prefix(&prefix)
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((split_key(&k)?.1, decode::<PrimaryTag>(&v)?)))
+            .filter(|(_, t)| t.deleted_at.is_none())
+            .collect()
+    }
+
+    /// Repositories with at least one live tag on the primary.
+    pub fn primary_repositories(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (k, v) in self.primary.iter().filter_map(Result::ok) {
+            let Some((repo, _)) = split_key(&k) else {
+                continue;
+            };
+            let live = decode::<PrimaryTag>(&v).is_some_and(|t| t.deleted_at.is_none());
+            if live && out.last() != Some(&repo) {
+                out.push(repo);
+            }
+        }
+        out
+    }
+
+    /// Marks a tag as gone from the primary (kept as a tombstone).
+    pub fn tombstone_primary_tag(&self, repository: &str, tag: &str) -> Result<(), StoreError> {
+        if let Some(mut t) = self.primary_tag(repository, tag)
+            && t.deleted_at.is_none()
+        {
+            t.deleted_at = Some(now_unix());
+            self.primary
+                .insert(key(repository, tag), encode(&t))
+                .map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// Every tag the primary had at the last listing, tombstones included.
+    pub fn all_primary_tags(&self) -> impl Iterator<Item = (String, String, PrimaryTag)> + '_ {
+        self.primary
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let (repo, tag) = split_key(&k)?;
+                Some((repo, tag, decode(&v)?))
+            })
+    }
+
+    // --- regions -----------------------------------------------------------
+
+    pub fn region_name(&self, r: RegionId) -> &str {
+        &self.regions[r].name
+    }
+
+    /// What region `r` holds under `reference` (a tag or a digest).
+    pub fn manifest(&self, r: RegionId, repository: &str, reference: &str) -> Option<ManifestFact> {
+        self.regions[r]
+            .manifests
+            .get(key(repository, reference))
+            .ok()
+            .flatten()
+            .and_then(|v| decode(&v))
+    }
+
+    pub fn has_manifest(&self, r: RegionId, repository: &str, digest: &Digest) -> bool {
+        self.manifest(r, repository, digest.as_str()).is_some()
+    }
+
+    /// Records that region `r` acknowledged `digest` under `reference`.
+    pub fn record_manifest(
+        &self,
+        r: RegionId,
+        repository: &str,
+        reference: &str,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        let fact = ManifestFact {
+            digest: digest.clone(),
+            at_ms: now_unix_ms(),
+        };
+        self.regions[r]
+            .manifests
+            .insert(key(repository, reference), encode(&fact))
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Forgets what region `r` was thought to hold under `reference`.
+    pub fn forget_manifest(
+        &self,
+        r: RegionId,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(), StoreError> {
+        self.regions[r]
+            .manifests
+            .remove(key(repository, reference))
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Every (repository, reference, fact) of region `r`.
+    pub fn region_manifests(
+        &self,
+        r: RegionId,
+    ) -> impl Iterator<Item = (String, String, ManifestFact)> + '_ {
+        self.regions[r]
+            .manifests
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let (repo, reference) = split_key(&k)?;
+                Some((repo, reference, decode(&v)?))
+            })
+    }
+
+    fn blob_repos(&self, r: RegionId, digest: &Digest) -> BlobRepos {
+        self.regions[r]
+            .blobs
+            .get(digest.as_str())
+            .ok()
+            .flatten()
+            .and_then(|v| decode(&v))
+            .unwrap_or_default()
+    }
+
+    /// When region `r` acknowledged `digest` in `repository` (unix ms), if it did.
+    pub fn blob(&self, r: RegionId, repository: &str, digest: &Digest) -> Option<u64> {
+        self.blob_repos(r, digest).get(repository).copied()
+    }
+
+    pub fn has_blob(&self, r: RegionId, repository: &str, digest: &Digest) -> bool {
+        self.blob(r, repository, digest).is_some()
+    }
+
+    /// Another repository of region `r` holding `digest`, to mount from.
+    pub fn mount_source(&self, r: RegionId, digest: &Digest, repository: &str) -> Option<String> {
+        self.blob_repos(r, digest)
+            .into_keys()
+            .find(|x| x != repository)
+    }
+
+    fn update_blob(
+        &self,
+        r: RegionId,
+        digest: &Digest,
+        f: impl Fn(&mut BlobRepos),
+    ) -> Result<(), StoreError> {
+        self.regions[r]
+            .blobs
+            .fetch_and_update(digest.as_str(), |old| {
+                let mut repos: BlobRepos = old.and_then(decode).unwrap_or_default();
+                f(&mut repos);
+                if repos.is_empty() {
+                    None
+                } else {
+                    Some(encode(&repos))
+                }
+            })
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+
+    /// Records that region `r` holds `digest` in `repository`.
+    pub fn record_blob(
+        &self,
+        r: RegionId,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        let now = now_unix_ms();
+        self.update_blob(r, digest, |repos| {
+            repos.insert(repository.to_owned(), now);
+        })
+    }
+
+    /// Forgets `digest` in `repository` of region `r`.
+    pub fn forget_blob(
+        &self,
+        r: RegionId,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        self.update_blob(r, digest, |repos| {
+            repos.remove(repository);
+        })
+    }
+
+    pub fn region_status(&self, r: RegionId) -> RegionStatus {
+        self.statuses
+            .get(self.regions[r].name.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| decode(&v))
+            .unwrap_or_default()
+    }
+
+    /// Records the end of a pass for region `r`: a success, or its first error.
+    pub fn record_pass(&self, r: RegionId, error: Option<&str>) -> Result<(), StoreError> {
+        let mut s = self.region_status(r);
+        let now = now_unix();
+        s.last_pass_at = Some(now);
+        match error {
+            None => s.last_success_at = Some(now),
+            Some(e) => {
+                s.last_error = Some(e.to_owned());
+                s.last_error_at = Some(now);
+            }
+        }
+        self.statuses
+            .insert(self.regions[r].name.as_bytes(), encode(&s))
+            .map_err(|e| self.io(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regions() -> Vec<(String, String)> {
+        vec![
+            ("eastus".into(), "http://a".into()),
+            ("japaneast".into(), "http://b".into()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn facts_survive_reopen_and_follow_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::sha256_of(b"x");
+        {
+            let s = Store::open(dir.path(), &regions()).unwrap();
+            s.record_blob(0, "a", &d).unwrap();
+            s.record_blob(0, "b", &d).unwrap();
+            s.record_manifest(1, "a", "v1", &d).unwrap();
+            s.record_primary_tag("a", "v1", &d, Some("application/x"))
+                .unwrap();
+            s.record_pass(0, Some("boom")).unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = Store::open(dir.path(), &regions()).unwrap();
+        assert!(s.has_blob(0, "a", &d));
+        assert_eq!(s.mount_source(0, &d, "a").as_deref(), Some("b"));
+        assert_eq!(s.manifest(1, "a", "v1").unwrap().digest, d);
+        assert_eq!(s.primary_tags("a").len(), 1);
+        assert_eq!(s.region_status(0).last_error.as_deref(), Some("boom"));
+        s.forget_blob(0, "a", &d).unwrap();
+        s.forget_blob(0, "b", &d).unwrap();
+        assert!(!s.has_blob(0, "b", &d));
+        drop(s);
+
+        // eastus moved to another registry: its facts are gone.
+        let moved = vec![
+            ("eastus".into(), "http://elsewhere".into()),
+            ("japaneast".into(), "http://b".into()),
+        ];
+        let s = Store::open(dir.path(), &moved).unwrap();
+        s.record_blob(0, "a", &d).unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), &moved).unwrap();
+        assert!(s.has_blob(0, "a", &d));
+        assert_eq!(s.region_status(0).url, "http://elsewhere");
+        assert!(s.manifest(1, "a", "v1").is_some());
+    }
+
+    #[test]
+    fn tombstones_hide_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), &regions()).unwrap();
+        let d = Digest::sha256_of(b"x");
+        s.record_primary_tag("r", "a", &d, None).unwrap();
+        s.record_primary_tag("r", "b", &d, None).unwrap();
+        s.tombstone_primary_tag("r", "a").unwrap();
+        assert_eq!(s.primary_tags("r").keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(s.primary_tag("r", "a").unwrap().deleted_at.is_some());
+        assert_eq!(s.primary_repositories(), vec!["r".to_owned()]);
+    }
+
+    #[test]
+    fn second_open_is_busy_and_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), &regions()).unwrap();
+        let err = Store::open(dir.path(), &regions()).err().unwrap();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        s.db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", encode(&(SCHEMA_VERSION + 1)))
+            .unwrap();
+        s.db.flush().unwrap();
+        drop(s);
+        let err = Store::open(dir.path(), &regions()).err().unwrap();
+        assert!(err.to_string().contains("newer than this georep"), "{err}");
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+}
