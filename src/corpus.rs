@@ -80,9 +80,34 @@ pub struct CorpusSpec {
     pub multi_arch_every: usize,
     /// Add the unusual shapes (nested index, artifact, foreign layer...).
     pub exotic: bool,
+    /// Every tag of a repository is its own small manifest over the same
+    /// two blobs (for listing-scale tests: many tags, little data).
+    pub shared_blobs: bool,
 }
 
 impl CorpusSpec {
+    /// `repositories` repositories (`scale/r0001`...) of `tags_per_repository`
+    /// tags each (`latest` included), each tag a distinct manifest over the
+    /// repository's two tiny blobs.
+    pub fn scale(repositories: usize, tags_per_repository: usize, seed: u64) -> CorpusSpec {
+        CorpusSpec {
+            seed,
+            repositories: (1..=repositories)
+                .map(|i| format!("scale/r{i:05}"))
+                .collect(),
+            tags_per_repository: tags_per_repository.saturating_sub(1).max(1),
+            layers_per_image: 1,
+            layer_bytes: (512, 1024),
+            base_layers: 0,
+            base_layer_bytes: (0, 0),
+            big_layers: 0,
+            big_layer_bytes: (0, 0),
+            multi_arch_every: 0,
+            exotic: false,
+            shared_blobs: true,
+        }
+    }
+
     pub fn preset(preset: Preset, seed: u64) -> CorpusSpec {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match preset {
@@ -98,6 +123,7 @@ impl CorpusSpec {
                 big_layer_bytes: (0, 0),
                 multi_arch_every: 2,
                 exotic: false,
+                shared_blobs: false,
             },
             Preset::Test => CorpusSpec {
                 seed,
@@ -111,6 +137,7 @@ impl CorpusSpec {
                 big_layer_bytes: (64 * MIB, 64 * MIB + 4096),
                 multi_arch_every: 3,
                 exotic: true,
+                shared_blobs: false,
             },
             Preset::Small => CorpusSpec {
                 seed,
@@ -124,6 +151,7 @@ impl CorpusSpec {
                 big_layer_bytes: (0, 0),
                 multi_arch_every: 4,
                 exotic: false,
+                shared_blobs: false,
             },
             Preset::Medium => CorpusSpec {
                 seed,
@@ -137,6 +165,7 @@ impl CorpusSpec {
                 big_layer_bytes: (100 * MIB, 140 * MIB),
                 multi_arch_every: 5,
                 exotic: false,
+                shared_blobs: false,
             },
             Preset::Large => CorpusSpec {
                 seed,
@@ -150,6 +179,7 @@ impl CorpusSpec {
                 big_layer_bytes: (100 * MIB, 200 * MIB),
                 multi_arch_every: 5,
                 exotic: false,
+                shared_blobs: false,
             },
         }
     }
@@ -296,55 +326,81 @@ impl Corpus {
     /// Pushes everything to `registry`: blobs (mounting those already
     /// pushed to another repository), then manifests, then tags.
     pub async fn push(&self, registry: &Registry) -> Result<(), RegistryError> {
-        let mut pushed_in: BTreeMap<Digest, String> = BTreeMap::new();
+        // Each unique blob is uploaded once, into the first repository that
+        // needs it; the other repositories mount it.
+        let mut first: BTreeMap<&Digest, (&String, &Arc<Blob>)> = BTreeMap::new();
         for (repo, blobs) in &self.blobs {
-            let mut todo = Vec::new();
-            for blob in blobs.values() {
-                if let Some(from) = pushed_in.get(&blob.digest) {
-                    if let Mount::Session(s) = registry.mount_blob(repo, &blob.digest, from).await?
-                    {
-                        todo.push((blob.clone(), Some(s)));
+            for (d, b) in blobs {
+                first.entry(d).or_insert((repo, b));
+            }
+        }
+        let mut uploads = futures::stream::iter(first.values())
+            .map(|(repo, blob)| async move {
+                let session = registry.start_upload(repo).await?;
+                upload(registry, &session, blob).await
+            })
+            .buffer_unordered(PUSH_CONCURRENCY);
+        while let Some(r) = uploads.next().await {
+            r?;
+        }
+        drop(uploads);
+
+        // Then each repository: mounts, manifests (children first, a tagged
+        // manifest pushed under its first tag), remaining tags.
+        let mut repos = futures::stream::iter(&self.manifests)
+            .map(|(repo, manifests)| {
+                let first = &first;
+                async move {
+                    for (d, blob) in self.blobs.get(repo).into_iter().flatten() {
+                        let (from, _) = first[d];
+                        if from != repo
+                            && let Mount::Session(s) = registry.mount_blob(repo, d, from).await?
+                        {
+                            upload(registry, &s, blob).await?;
+                        }
                     }
-                } else {
-                    todo.push((blob.clone(), None));
+                    let tags: Vec<&TagRef> =
+                        self.tags.iter().filter(|t| &t.repository == repo).collect();
+                    let mut done = std::collections::HashSet::new();
+                    for m in manifests {
+                        let reference = match tags.iter().find(|t| t.digest == m.digest) {
+                            Some(t) => {
+                                done.insert(&t.tag);
+                                t.tag.as_str()
+                            }
+                            None => m.digest.as_str(),
+                        };
+                        registry.put_manifest(repo, reference, m).await?;
+                    }
+                    for t in tags.iter().filter(|t| !done.contains(&t.tag)) {
+                        let m = manifests
+                            .iter()
+                            .find(|m| m.digest == t.digest)
+                            .expect("every tag points at a generated manifest");
+                        registry.put_manifest(repo, &t.tag, m).await?;
+                    }
+                    Ok::<(), RegistryError>(())
                 }
-            }
-            let mut uploads = futures::stream::iter(todo)
-                .map(|(blob, session)| async move {
-                    let session = match session {
-                        Some(s) => s,
-                        None => registry.start_upload(repo).await?,
-                    };
-                    let chunks = blob.chunks();
-                    let body = reqwest::Body::wrap_stream(futures::stream::iter(
-                        chunks.map(Ok::<Bytes, std::io::Error>),
-                    ));
-                    registry
-                        .put_upload(&session, &blob.digest, blob.size, body)
-                        .await
-                })
-                .buffer_unordered(PUSH_CONCURRENCY);
-            while let Some(r) = uploads.next().await {
-                r?;
-            }
-            for d in blobs.keys() {
-                pushed_in.entry(d.clone()).or_insert_with(|| repo.clone());
-            }
-        }
-        for (repo, manifests) in &self.manifests {
-            for m in manifests {
-                registry.put_manifest(repo, m.digest.as_str(), m).await?;
-            }
-        }
-        for t in &self.tags {
-            let m = self.manifests[&t.repository]
-                .iter()
-                .find(|m| m.digest == t.digest)
-                .expect("every tag points at a generated manifest");
-            registry.put_manifest(&t.repository, &t.tag, m).await?;
+            })
+            .buffer_unordered(PUSH_CONCURRENCY);
+        while let Some(r) = repos.next().await {
+            r?;
         }
         Ok(())
     }
+}
+
+async fn upload(
+    registry: &Registry,
+    session: &crate::registry::UploadSession,
+    blob: &Blob,
+) -> Result<(), RegistryError> {
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(
+        blob.chunks().map(Ok::<Bytes, std::io::Error>),
+    ));
+    registry
+        .put_upload(session, &blob.digest, blob.size, body)
+        .await
 }
 
 struct Builder {
@@ -501,6 +557,9 @@ impl Builder {
     }
 
     fn build(mut self, spec: &CorpusSpec) -> Corpus {
+        if spec.shared_blobs {
+            return self.build_shared(spec);
+        }
         for _ in 0..spec.base_layers {
             let size = self.size(spec.base_layer_bytes);
             let b = self.random_blob(size, OCI_LAYER);
@@ -543,6 +602,43 @@ impl Builder {
         }
         if spec.exotic {
             self.exotic(spec);
+        }
+        self.corpus
+    }
+
+    fn build_shared(mut self, spec: &CorpusSpec) -> Corpus {
+        for repo in &spec.repositories {
+            let size = self.size(spec.layer_bytes);
+            let layer = self.random_blob(size, OCI_LAYER);
+            let config = Arc::new(Blob::fixed(
+                serde_json::to_vec(&json!({
+                    "architecture": "amd64", "os": "linux",
+                    "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+                }))
+                .expect("JSON values serialize"),
+                OCI_CONFIG,
+            ));
+            self.add_blob(repo, &layer);
+            self.add_blob(repo, &config);
+            let mut last = None;
+            for t in 1..=spec.tags_per_repository {
+                let m = self.add_manifest(
+                    repo,
+                    OCI_MANIFEST,
+                    &json!({
+                        "schemaVersion": 2,
+                        "mediaType": OCI_MANIFEST,
+                        "config": config.descriptor(),
+                        "layers": [layer.descriptor()],
+                        "annotations": {"org.opencontainers.image.version": format!("v{t}")},
+                    }),
+                );
+                self.tag(repo, &format!("v{t}"), &m);
+                last = Some(m);
+            }
+            if let Some(m) = last {
+                self.tag(repo, "latest", &m);
+            }
         }
         self.corpus
     }

@@ -20,6 +20,10 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     })?;
     if args.rebuild_state {
         let path = store_path(&config);
+        // Never move a store another georep is writing to.
+        if let Err(e @ crate::store::StoreError::Busy { .. }) = Engine::open_store(&config) {
+            return Err(e.into());
+        }
         if path.exists() {
             let aside = path.with_file_name(format!("store.broken-{}", crate::store::now_unix()));
             std::fs::rename(&path, &aside).with_context(|| {

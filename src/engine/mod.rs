@@ -41,6 +41,9 @@ pub fn store_path(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("store")
 }
 
+/// Tags listed one by one in a report; beyond, they are only counted.
+pub const MAX_TAG_DETAILS: usize = 1000;
+
 /// Image jobs listed but not yet started, at most.
 const JOB_QUEUE: usize = 64;
 
@@ -160,6 +163,7 @@ impl Engine {
 
         self.region_repos.clear();
         let mut failures = Vec::new();
+        let mut tags_not_detailed = 0usize;
         let mut tag_states: BTreeMap<(String, String), (Digest, BTreeMap<String, TagState>)> =
             BTreeMap::new();
         let mut per_region = vec![(0usize, 0usize, 0usize); self.regions.len()];
@@ -182,13 +186,19 @@ impl Engine {
             while let Some((job, outcomes)) = results.next().await {
                 for o in outcomes {
                     let region = &self.regions[o.region];
-                    // Per-tag detail only for what changed or failed: memory
-                    // must not grow with the number of tags in sync.
+                    // Per-tag detail only for what changed or failed, and at
+                    // most MAX_TAG_DETAILS tags: memory must not grow with
+                    // the number of tags.
                     if o.state != TagState::InSync {
-                        let entry = tag_states
-                            .entry((job.repository.clone(), o.tag.clone()))
-                            .or_insert_with(|| (job.digest.clone(), BTreeMap::new()));
-                        entry.1.insert(region.name().to_owned(), o.state);
+                        let key = (job.repository.clone(), o.tag.clone());
+                        if tag_states.len() < MAX_TAG_DETAILS || tag_states.contains_key(&key) {
+                            let entry = tag_states
+                                .entry(key)
+                                .or_insert_with(|| (job.digest.clone(), BTreeMap::new()));
+                            entry.1.insert(region.name().to_owned(), o.state);
+                        } else {
+                            tags_not_detailed += 1;
+                        }
                     }
                     let counts = &mut per_region[o.region];
                     match o.state {
@@ -293,6 +303,7 @@ impl Engine {
                     regions,
                 })
                 .collect(),
+            tags_not_detailed,
             failures,
             elapsed_secs: started.elapsed().as_secs_f64(),
             peak_rss_bytes: report::peak_rss_bytes(),

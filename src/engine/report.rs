@@ -16,6 +16,9 @@ pub struct SyncReport {
     /// Tags this pass copied or failed to copy, and their state in each
     /// region (tags already in sync everywhere are only counted).
     pub tags: Vec<TagReport>,
+    /// Region results for tags beyond the first `MAX_TAG_DETAILS`, counted
+    /// in the region totals but not listed.
+    pub tags_not_detailed: usize,
     pub failures: Vec<Failure>,
     pub elapsed_secs: f64,
     /// Peak resident memory of this process so far, where the OS tells.

@@ -37,7 +37,7 @@ pub use time::{format_unix, now_unix, now_unix_ms};
 pub const SCHEMA_VERSION: u32 = 1;
 /// sled's page cache: the store holds small records, and memory must not
 /// grow with the number of tags (sled's default is 1 GiB).
-const CACHE_BYTES: u64 = 16 << 20;
+const CACHE_BYTES: u64 = 8 << 20;
 /// Background flush interval; facts that matter are flushed explicitly.
 const FLUSH_EVERY_MS: u64 = 500;
 

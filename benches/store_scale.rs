@@ -1,0 +1,159 @@
+//! Scale of the checkpoint store: a no-op pass over many tags.
+//!
+//! `cargo bench --bench store_scale` pushes 1,000 tags (100 repositories of
+//! 10 small manifests) to a local primary, syncs them to 2 regions, then runs
+//! no-op passes and reports: wall time, georep's CPU time, the time the
+//! primary's listing alone takes (catalog, tags/list, a HEAD per tag, with
+//! georep's client and concurrency), requests sent to replicas (must be 0)
+//! and peak RSS. `GEOREP_SCALE_TAGS=10000` runs 10,000 tags in 1,000
+//! repositories (several minutes: pushing and the first sync dominate).
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use georep::config::{RegistryConfig, Timeouts};
+use georep::corpus::{Corpus, CorpusSpec};
+use georep::engine::blob::human_bytes;
+use georep::localreg::{LocalOptions, LocalRegistry};
+use georep::registry::{Registry, Scope, http_client};
+
+fn client(url: &str) -> Registry {
+    let t = Timeouts::default();
+    Registry::new(
+        &RegistryConfig::new("bench", url).unwrap(),
+        http_client(&t),
+        t,
+        3,
+    )
+}
+
+fn main() {
+    let tags: usize = std::env::var("GEOREP_SCALE_TAGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(run(tags));
+}
+
+async fn run(tags: usize) {
+    let repos = (tags / 10).max(1);
+    let dir = tempfile::tempdir().unwrap();
+    let primary = LocalRegistry::start(&dir.path().join("primary"), LocalOptions::default())
+        .await
+        .unwrap();
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        replicas.push(
+            LocalRegistry::start(&dir.path().join(format!("r{i}")), LocalOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let corpus = Corpus::generate(&CorpusSpec::scale(repos, 10, 1)).await;
+    let t = Instant::now();
+    corpus.push(&client(&primary.url())).await.unwrap();
+    eprintln!(
+        "pushed {} tags in {repos} repositories in {:.1}s",
+        corpus.tags.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut yaml = format!(
+        "state_dir: ./state\nprimary:\n  name: primary\n  url: {}\nregions:\n",
+        primary.url()
+    );
+    for (i, r) in replicas.iter().enumerate() {
+        yaml.push_str(&format!("  - name: r{i}\n    url: {}\n", r.url()));
+    }
+    let config = dir.path().join("georep.yaml");
+    std::fs::write(&config, yaml).unwrap();
+
+    let (secs, report) = sync(&config).await;
+    println!(
+        "{:<16} {:>8} {:>8} {:>10} {:>10}",
+        "run", "wall s", "cpu s", "peak RSS", "replica requests"
+    );
+    line("cold sync", secs, &report);
+
+    // The primary's listing alone, as georep lists it.
+    let p = client(&primary.url());
+    let t = Instant::now();
+    let names = p.catalog().await.unwrap();
+    let mut per_repo = futures::stream::iter(names)
+        .map(|repo| {
+            let p = &p;
+            async move {
+                let tags = p
+                    .tags(&repo, &Scope::pull(&repo))
+                    .await
+                    .unwrap()
+                    .unwrap_or_default();
+                futures::stream::iter(tags)
+                    .map(|tag| {
+                        let repo = &repo;
+                        async move { p.head_manifest(repo, &tag, &Scope::pull(repo)).await }
+                    })
+                    .buffer_unordered(8)
+                    .count()
+                    .await
+            }
+        })
+        .buffer_unordered(4);
+    let mut listed = 0;
+    while let Some(n) = per_repo.next().await {
+        listed += n;
+    }
+    let listing = t.elapsed().as_secs_f64();
+    println!(
+        "{:<16} {listing:>8.2} {:>8} {:>10} {:>10}   ({listed} tags)",
+        "listing alone", "-", "-", "-"
+    );
+
+    for i in 1..=2 {
+        let (secs, report) = sync(&config).await;
+        line(&format!("no-op sync #{i}"), secs, &report);
+        println!(
+            "{:<16} {:>8.2}   wall beyond the listing",
+            "",
+            secs - listing
+        );
+    }
+}
+
+fn line(name: &str, secs: f64, report: &serde_json::Value) {
+    let replica_requests: u64 = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["requests"]["requests"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
+                .unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "{name:<16} {secs:>8.2} {:>8.2} {:>10} {replica_requests:>10}",
+        report["cpu_secs"].as_f64().unwrap_or(0.0),
+        human_bytes(report["peak_rss_bytes"].as_u64().unwrap_or(0)),
+    );
+}
+
+async fn sync(config: &std::path::Path) -> (f64, serde_json::Value) {
+    let t = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_georep"))
+        .args(["sync", "--json", "--config"])
+        .arg(config)
+        .env("GEOREP_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "georep sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, serde_json::from_slice(&out.stdout).unwrap())
+}
