@@ -11,21 +11,11 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use georep::config::{RegistryConfig, Timeouts};
+use georep::bench::{client, replica_requests, run_sync};
 use georep::corpus::{Corpus, CorpusSpec};
 use georep::engine::blob::human_bytes;
 use georep::localreg::{LocalOptions, LocalRegistry};
-use georep::registry::{Registry, Scope, http_client};
-
-fn client(url: &str) -> Registry {
-    let t = Timeouts::default();
-    Registry::new(
-        &RegistryConfig::new("bench", url).unwrap(),
-        http_client(&t),
-        t,
-        3,
-    )
-}
+use georep::registry::Scope;
 
 fn main() {
     let tags: usize = std::env::var("GEOREP_SCALE_TAGS")
@@ -52,7 +42,7 @@ async fn run(tags: usize) {
     }
     let corpus = Corpus::generate(&CorpusSpec::scale(repos, 10, 1)).await;
     let t = Instant::now();
-    corpus.push(&client(&primary.url())).await.unwrap();
+    corpus.push(&client(&primary.url()).unwrap()).await.unwrap();
     eprintln!(
         "pushed {} tags in {repos} repositories in {:.1}s",
         corpus.tags.len(),
@@ -77,7 +67,7 @@ async fn run(tags: usize) {
     line("cold sync", secs, &report);
 
     // The primary's listing alone, as georep lists it.
-    let p = client(&primary.url());
+    let p = client(&primary.url()).unwrap();
     let t = Instant::now();
     let names = p.catalog().await.unwrap();
     let mut per_repo = futures::stream::iter(names)
@@ -122,17 +112,7 @@ async fn run(tags: usize) {
 }
 
 fn line(name: &str, secs: f64, report: &serde_json::Value) {
-    let replica_requests: u64 = report["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["requests"]["requests"]
-                .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
-                .unwrap_or(0)
-        })
-        .sum();
+    let replica_requests = replica_requests(report);
     println!(
         "{name:<16} {secs:>8.2} {:>8.2} {:>10} {replica_requests:>10}",
         report["cpu_secs"].as_f64().unwrap_or(0.0),
@@ -141,19 +121,7 @@ fn line(name: &str, secs: f64, report: &serde_json::Value) {
 }
 
 async fn sync(config: &std::path::Path) -> (f64, serde_json::Value) {
-    let t = Instant::now();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_georep"))
-        .args(["sync", "--json", "--config"])
-        .arg(config)
-        .env("GEOREP_LOG", "warn")
-        .output()
+    run_sync(std::path::Path::new(env!("CARGO_BIN_EXE_georep")), config)
         .await
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "georep sync failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (secs, serde_json::from_slice(&out.stdout).unwrap())
+        .unwrap()
 }

@@ -12,28 +12,17 @@
 
 use std::time::Instant;
 
-use georep::bench::raw_copy;
-use georep::config::{RegistryConfig, Timeouts};
+use georep::bench::{client, raw_copy, replica_requests, run_sync};
 use georep::corpus::{Corpus, CorpusSpec, Preset};
 use georep::engine::blob::human_bytes;
 use georep::localreg::{LocalOptions, LocalRegistry};
-use georep::registry::{Registry, http_client};
+use georep::registry::Registry;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn client(url: &str) -> Registry {
-    let t = Timeouts::default();
-    Registry::new(
-        &RegistryConfig::new("bench", url).unwrap(),
-        http_client(&t),
-        t,
-        3,
-    )
 }
 
 fn main() {
@@ -75,7 +64,7 @@ async fn run(preset: Preset, n_regions: usize, rounds: usize) {
     let corpus = Corpus::generate(&spec).await;
     let bytes = corpus.unique_blob_bytes();
     let t = Instant::now();
-    corpus.push(&client(&primary.url())).await.unwrap();
+    corpus.push(&client(&primary.url()).unwrap()).await.unwrap();
     eprintln!(
         "corpus {preset:?}: {} tags, {} unique blobs, {} (pushed in {:.1}s); {n_regions} regions",
         corpus.tags.len(),
@@ -119,11 +108,12 @@ async fn run(preset: Preset, n_regions: usize, rounds: usize) {
         for r in &mut replicas {
             r.wipe().await.unwrap();
         }
-        let region_clients: Vec<Registry> = replicas.iter().map(|r| client(&r.url())).collect();
+        let region_clients: Vec<Registry> =
+            replicas.iter().map(|r| client(&r.url()).unwrap()).collect();
         let reg0 = registries_cpu(&primary, &replicas);
         let cpu0 = georep::engine::report::cpu_secs().unwrap_or(0.0);
         let raw = raw_copy(
-            &client(&primary.url()),
+            &client(&primary.url()).unwrap(),
             &region_clients,
             &corpus,
             raw_concurrency,
@@ -143,6 +133,9 @@ async fn run(preset: Preset, n_regions: usize, rounds: usize) {
         for r in &mut replicas {
             r.wipe().await.unwrap();
         }
+        // The regions were wiped behind georep's back: its store must go too
+        // (a real operator would run `georep sync --rebuild-state`).
+        let _ = std::fs::remove_dir_all(dir.path().join("state"));
         let reg0 = registries_cpu(&primary, &replicas);
         let (secs, report) = georep_sync(&config).await;
         let ratio = raw_secs / secs;
@@ -157,17 +150,7 @@ async fn run(preset: Preset, n_regions: usize, rounds: usize) {
         );
     }
     let (secs, report) = georep_sync(&config).await;
-    let replica_requests: u64 = report["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["requests"]["requests"]
-                .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
-                .unwrap_or(0)
-        })
-        .sum();
+    let replica_requests = replica_requests(&report);
     println!(
         "{:<14} {secs:>8.2} {:>9} {:>7} {:>8.2} {:>9} {:>10}   {replica_requests} requests to replicas",
         "georep no-op",
@@ -192,33 +175,7 @@ fn registries_cpu(primary: &LocalRegistry, replicas: &[LocalRegistry]) -> f64 {
 }
 
 async fn georep_sync(config: &std::path::Path) -> (f64, serde_json::Value) {
-    let t = Instant::now();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_georep"))
-        .args(["sync", "--json", "--config"])
-        .arg(config)
-        .env(
-            "GEOREP_LOG",
-            std::env::var("GEOREP_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .output()
+    run_sync(std::path::Path::new(env!("CARGO_BIN_EXE_georep")), config)
         .await
-        .unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    if let Ok(path) = std::env::var("GEOREP_BENCH_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = f.write_all(&out.stderr);
-        }
-    }
-    assert!(
-        out.status.success(),
-        "georep sync failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (secs, serde_json::from_slice(&out.stdout).unwrap())
+        .unwrap()
 }

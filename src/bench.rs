@@ -14,8 +14,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::config::{RegistryConfig, Timeouts};
 use crate::corpus::Corpus;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, http_client};
 
 /// Chunks queued per region in the baseline's tee (as in georep's fan-out).
 const TEE_QUEUE_CHUNKS: usize = 16;
@@ -94,4 +95,70 @@ pub async fn raw_copy(
         blobs,
         bytes,
     })
+}
+
+/// An anonymous client for a local registry at `url`.
+pub fn client(url: &str) -> Result<Registry, url::ParseError> {
+    let t = Timeouts::default();
+    Ok(Registry::new(
+        &RegistryConfig::new("bench", url)?,
+        http_client(&t),
+        t,
+        crate::config::DEFAULT_MAX_ATTEMPTS,
+    ))
+}
+
+/// Runs `georep sync --json` (the binary at `georep`) on `config`; returns
+/// the wall time and the parsed report. `GEOREP_LOG` is passed through
+/// (default `warn`); with `GEOREP_BENCH_LOG` set, stderr is appended there.
+pub async fn run_sync(
+    georep: &std::path::Path,
+    config: &std::path::Path,
+) -> anyhow::Result<(f64, serde_json::Value)> {
+    use anyhow::Context as _;
+    let started = Instant::now();
+    let out = tokio::process::Command::new(georep)
+        .args(["sync", "--json", "--config"])
+        .arg(config)
+        .env(
+            "GEOREP_LOG",
+            std::env::var("GEOREP_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .output()
+        .await
+        .with_context(|| format!("running {}", georep.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    if let Ok(path) = std::env::var("GEOREP_BENCH_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(&out.stderr);
+        }
+    }
+    if !out.status.success() {
+        anyhow::bail!(
+            "georep sync failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((secs, serde_json::from_slice(&out.stdout)?))
+}
+
+/// Requests a sync report says were sent to all replicas.
+pub fn replica_requests(report: &serde_json::Value) -> u64 {
+    report["regions"]
+        .as_array()
+        .map(|regions| {
+            regions
+                .iter()
+                .filter_map(|r| r["requests"]["requests"].as_object())
+                .flat_map(|m| m.values().filter_map(|v| v.as_u64()))
+                .sum()
+        })
+        .unwrap_or(0)
 }
