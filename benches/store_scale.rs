@@ -11,10 +11,9 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use georep::bench::{client, replica_requests, run_sync};
+use georep::bench::{LocalSetup, client, replica_requests, run_sync};
 use georep::corpus::{Corpus, CorpusSpec};
 use georep::engine::blob::human_bytes;
-use georep::localreg::{LocalOptions, LocalRegistry};
 use georep::registry::Scope;
 
 fn main() {
@@ -29,17 +28,11 @@ fn main() {
 async fn run(tags: usize) {
     let repos = (tags / 10).max(1);
     let dir = tempfile::tempdir().unwrap();
-    let primary = LocalRegistry::start(&dir.path().join("primary"), LocalOptions::default())
-        .await
-        .unwrap();
-    let mut replicas = Vec::new();
-    for i in 0..2 {
-        replicas.push(
-            LocalRegistry::start(&dir.path().join(format!("r{i}")), LocalOptions::default())
-                .await
-                .unwrap(),
-        );
-    }
+    let LocalSetup {
+        primary,
+        replicas: _replicas,
+        config,
+    } = LocalSetup::start(dir.path(), 2, "").await.unwrap();
     let corpus = Corpus::generate(&CorpusSpec::scale(repos, 10, 1)).await;
     let t = Instant::now();
     corpus.push(&client(&primary.url()).unwrap()).await.unwrap();
@@ -48,16 +41,6 @@ async fn run(tags: usize) {
         corpus.tags.len(),
         t.elapsed().as_secs_f64()
     );
-
-    let mut yaml = format!(
-        "state_dir: ./state\nprimary:\n  name: primary\n  url: {}\nregions:\n",
-        primary.url()
-    );
-    for (i, r) in replicas.iter().enumerate() {
-        yaml.push_str(&format!("  - name: r{i}\n    url: {}\n", r.url()));
-    }
-    let config = dir.path().join("georep.yaml");
-    std::fs::write(&config, yaml).unwrap();
 
     let (secs, report) = sync(&config).await;
     println!(

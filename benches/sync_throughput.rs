@@ -12,10 +12,10 @@
 
 use std::time::Instant;
 
-use georep::bench::{client, raw_copy, replica_requests, run_sync};
+use georep::bench::{LocalSetup, client, raw_copy, replica_requests, run_sync};
 use georep::corpus::{Corpus, CorpusSpec, Preset};
 use georep::engine::blob::human_bytes;
-use georep::localreg::{LocalOptions, LocalRegistry};
+use georep::localreg::LocalRegistry;
 use georep::registry::Registry;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -41,17 +41,15 @@ fn main() {
 
 async fn run(preset: Preset, n_regions: usize, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let primary = LocalRegistry::start(&dir.path().join("primary"), LocalOptions::default())
+    // Extra config keys to experiment with (e.g. concurrency settings).
+    let extra = std::env::var("GEOREP_BENCH_EXTRA_YAML").unwrap_or_default();
+    let LocalSetup {
+        primary,
+        mut replicas,
+        config,
+    } = LocalSetup::start(dir.path(), n_regions, &extra)
         .await
         .unwrap();
-    let mut replicas = Vec::new();
-    for i in 0..n_regions {
-        replicas.push(
-            LocalRegistry::start(&dir.path().join(format!("r{i}")), LocalOptions::default())
-                .await
-                .unwrap(),
-        );
-    }
     let mut spec = CorpusSpec::preset(preset, 1);
     // One extra layer of this many MiB, to show memory does not follow blob size.
     if let Some(mib) = std::env::var("GEOREP_BENCH_BIG_LAYER_MIB")
@@ -72,21 +70,6 @@ async fn run(preset: Preset, n_regions: usize, rounds: usize) {
         human_bytes(bytes),
         t.elapsed().as_secs_f64()
     );
-
-    let mut yaml = format!(
-        "state_dir: ./state\nprimary:\n  name: primary\n  url: {}\nregions:\n",
-        primary.url()
-    );
-    for (i, r) in replicas.iter().enumerate() {
-        yaml.push_str(&format!("  - name: r{i}\n    url: {}\n", r.url()));
-    }
-    // Extra config keys to experiment with (e.g. concurrency settings).
-    if let Ok(extra) = std::env::var("GEOREP_BENCH_EXTRA_YAML") {
-        yaml.push_str(&extra);
-        yaml.push('\n');
-    }
-    let config = dir.path().join("georep.yaml");
-    std::fs::write(&config, yaml).unwrap();
 
     let mib = bytes as f64 / (1024.0 * 1024.0);
     let raw_concurrency: usize = env_or(

@@ -97,6 +97,48 @@ pub async fn raw_copy(
     })
 }
 
+/// A local primary and `regions` replicas, and a georep config naming them
+/// (`state_dir` inside `dir`), for the benchmarks.
+pub struct LocalSetup {
+    pub primary: crate::localreg::LocalRegistry,
+    pub replicas: Vec<crate::localreg::LocalRegistry>,
+    pub config: std::path::PathBuf,
+}
+
+impl LocalSetup {
+    /// Starts the registries under `dir`; `extra_yaml` is appended to the config.
+    pub async fn start(
+        dir: &std::path::Path,
+        regions: usize,
+        extra_yaml: &str,
+    ) -> anyhow::Result<LocalSetup> {
+        use crate::localreg::{LocalOptions, LocalRegistry};
+        let primary = LocalRegistry::start(&dir.join("primary"), LocalOptions::default()).await?;
+        let mut replicas = Vec::new();
+        for i in 0..regions {
+            replicas.push(
+                LocalRegistry::start(&dir.join(format!("r{i}")), LocalOptions::default()).await?,
+            );
+        }
+        let mut yaml = format!(
+            "state_dir: ./state\nprimary:\n  name: primary\n  url: {}\nregions:\n",
+            primary.url()
+        );
+        for (i, r) in replicas.iter().enumerate() {
+            yaml.push_str(&format!("  - name: r{i}\n    url: {}\n", r.url()));
+        }
+        yaml.push_str(extra_yaml);
+        yaml.push('\n');
+        let config = dir.join("georep.yaml");
+        std::fs::write(&config, yaml)?;
+        Ok(LocalSetup {
+            primary,
+            replicas,
+            config,
+        })
+    }
+}
+
 /// An anonymous client for a local registry at `url`.
 pub fn client(url: &str) -> Result<Registry, url::ParseError> {
     let t = Timeouts::default();

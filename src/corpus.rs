@@ -202,13 +202,9 @@ enum Content {
 
 impl Blob {
     fn random(seed: u64, size: u64, media_type: &str) -> Blob {
-        // Hash by generating once; the digest is needed before the upload.
-        let mut hasher = sha_stream();
-        for chunk in random_chunks(seed, size) {
-            hasher.update(&chunk);
-        }
         Blob {
-            digest: hasher.finish(),
+            // Generated once to hash it: the digest is needed before the upload.
+            digest: Digest::sha256_of_chunks(random_chunks(seed, size)),
             size,
             media_type: media_type.to_owned(),
             content: Content::Random { seed },
@@ -234,24 +230,6 @@ impl Blob {
 
     fn descriptor(&self) -> Value {
         json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
-    }
-}
-
-struct ShaStream(sha2::Sha256);
-fn sha_stream() -> ShaStream {
-    use sha2::Digest as _;
-    ShaStream(sha2::Sha256::new())
-}
-impl ShaStream {
-    fn update(&mut self, b: &[u8]) {
-        use sha2::Digest as _;
-        self.0.update(b);
-    }
-    fn finish(self) -> Digest {
-        use sha2::Digest as _;
-        format!("sha256:{}", hex::encode(self.0.finalize()))
-            .parse()
-            .expect("sha256 hex is a valid digest")
     }
 }
 

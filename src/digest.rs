@@ -46,6 +46,15 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }
 
+    /// The sha256 digest of bytes that come in chunks.
+    pub fn sha256_of_chunks<C: AsRef<[u8]>>(chunks: impl IntoIterator<Item = C>) -> Digest {
+        let mut h = Sha256::new();
+        for c in chunks {
+            h.update(c.as_ref());
+        }
+        Digest(format!("sha256:{}", hex::encode(h.finalize())))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -102,11 +102,7 @@ impl LocalRegistry {
 
     /// CPU seconds (user + system) the registry process has used so far.
     pub fn cpu_secs(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / 100.0)
+        crate::engine::report::process_cpu_secs(&self.pid()?.to_string())
     }
 
     /// The registry's log so far.

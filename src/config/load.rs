@@ -324,7 +324,7 @@ impl Validator<'_> {
 
     fn url(&mut self, s: &Spanned<String>) -> Option<url::Url> {
         let raw = s.value.trim();
-        let mut url = match url::Url::parse(raw) {
+        let url = match url::Url::parse(raw) {
             Ok(u) => u,
             Err(e) => {
                 self.issue(
@@ -362,12 +362,7 @@ impl Validator<'_> {
             self.issue(s.referenced, format!("URL {raw:?} has no host"));
             return None;
         }
-        // Store with a trailing slash so `join("v2/...")` keeps any path prefix.
-        if !url.path().ends_with('/') {
-            let p = format!("{}/", url.path());
-            url.set_path(&p);
-        }
-        Some(url)
+        Some(super::base_url(url))
     }
 
     fn credentials(&mut self, c: &Spanned<FileCredentials>) -> Option<Credentials> {

@@ -68,14 +68,9 @@ impl RegistryConfig {
     /// A registry without credentials and with default limits, for tools
     /// and tests that talk to a registry outside any config file.
     pub fn new(name: &str, url: &str) -> Result<RegistryConfig, url::ParseError> {
-        let mut url = url::Url::parse(url)?;
-        if !url.path().ends_with('/') {
-            let p = format!("{}/", url.path());
-            url.set_path(&p);
-        }
         Ok(RegistryConfig {
             name: name.to_owned(),
-            url,
+            url: base_url(url::Url::parse(url)?),
             credentials: None,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
         })
@@ -85,6 +80,15 @@ impl RegistryConfig {
     pub fn display_url(&self) -> String {
         self.url.as_str().trim_end_matches('/').to_owned()
     }
+}
+
+/// `url` with a trailing `/`, so that joining `v2/...` keeps any path prefix.
+pub(crate) fn base_url(mut url: url::Url) -> url::Url {
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    url
 }
 
 /// A username and the password read from where the config said.

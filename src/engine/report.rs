@@ -220,7 +220,12 @@ pub fn table(rows: &[Vec<String>], right_align: &[bool]) -> String {
 
 /// CPU seconds (user + system) this process has used (Linux `/proc`).
 pub fn cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    process_cpu_secs("self")
+}
+
+/// CPU seconds (user + system) used by process `pid` ("self" for this one).
+pub fn process_cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: state is field 3, utime 14 and stime 15 (1-based).
     let rest = &stat[stat.rfind(')')? + 2..];
