@@ -52,39 +52,7 @@ pub async fn raw_copy(
     let started = Instant::now();
     let mut copies = futures::stream::iter(work)
         .map(|(repo, blob)| async move {
-            let mut sessions = Vec::with_capacity(regions.len());
-            for r in regions {
-                sessions.push(r.start_upload(&repo).await?);
-            }
-            let mut src = primary.get_blob(&repo, &blob.digest).await?;
-            let mut senders = Vec::new();
-            let mut puts = Vec::new();
-            for (r, s) in regions.iter().zip(&sessions) {
-                let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(TEE_QUEUE_CHUNKS);
-                senders.push(tx);
-                let body =
-                    reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
-                        rx.recv().await.map(|item| (item, rx))
-                    }));
-                puts.push(r.put_upload(s, &blob.digest, blob.size, body));
-            }
-            let pump = async {
-                while let Some(chunk) = src.next().await {
-                    let chunk = chunk?;
-                    for tx in &senders {
-                        // A failed PUT shows in its own result.
-                        let _ = tx.send(Ok(chunk.clone())).await;
-                    }
-                }
-                drop(senders);
-                Ok::<(), RegistryError>(())
-            };
-            let (pumped, results) = tokio::join!(pump, futures::future::join_all(puts));
-            pumped?;
-            for r in results {
-                r?;
-            }
-            Ok::<(), RegistryError>(())
+            raw_copy_blob(primary, regions, &repo, &repo, &blob.digest, blob.size).await
         })
         .buffer_unordered(concurrency.max(1));
     while let Some(r) = copies.next().await {
@@ -95,6 +63,86 @@ pub async fn raw_copy(
         blobs,
         bytes,
     })
+}
+
+/// The baseline's copy of one blob: open a session in `to_repo` of every
+/// region, GET it once from `from_repo` of the primary, stream it to every
+/// region (monolithic PUTs), no checks.
+pub async fn raw_copy_blob(
+    primary: &Registry,
+    regions: &[Registry],
+    from_repo: &str,
+    to_repo: &str,
+    digest: &crate::digest::Digest,
+    size: u64,
+) -> Result<(), RegistryError> {
+    let mut sessions = Vec::with_capacity(regions.len());
+    for r in regions {
+        sessions.push(r.start_upload(to_repo).await?);
+    }
+    let mut src = primary.get_blob(from_repo, digest).await?;
+    let mut senders = Vec::new();
+    let mut puts = Vec::new();
+    for (r, s) in regions.iter().zip(&sessions) {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(TEE_QUEUE_CHUNKS);
+        senders.push(tx);
+        let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        puts.push(r.put_upload(s, digest, size, body));
+    }
+    let pump = async {
+        while let Some(chunk) = src.next().await {
+            let chunk = chunk?;
+            for tx in &senders {
+                // A failed PUT shows in its own result.
+                let _ = tx.send(Ok(chunk.clone())).await;
+            }
+        }
+        drop(senders);
+        Ok::<(), RegistryError>(())
+    };
+    let (pumped, results) = tokio::join!(pump, futures::future::join_all(puts));
+    pumped?;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// The baseline's copy of one image from `from_repo` on the primary to
+/// `to_repo` in every region: its blobs (one read each, fanned out), then
+/// the manifest under `tag`. Returns how long it took.
+pub async fn raw_copy_image(
+    primary: &Registry,
+    regions: &[Registry],
+    from_repo: &str,
+    to_repo: &str,
+    tag: &str,
+    manifest: &crate::registry::Manifest,
+) -> Result<Duration, RegistryError> {
+    let started = Instant::now();
+    let refs = manifest.references().map_err(|e| RegistryError::Protocol {
+        method: reqwest::Method::GET,
+        url: primary.url().to_owned(),
+        reason: e.to_string(),
+    })?;
+    let blobs = refs
+        .blobs
+        .iter()
+        .map(|b| raw_copy_blob(primary, regions, from_repo, to_repo, &b.digest, b.size));
+    futures::future::join_all(blobs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    let puts = regions
+        .iter()
+        .map(|r| r.put_manifest(to_repo, tag, manifest));
+    futures::future::join_all(puts)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    Ok(started.elapsed())
 }
 
 /// A local primary and `regions` replicas, and a georep config naming them
@@ -112,8 +160,25 @@ impl LocalSetup {
         regions: usize,
         extra_yaml: &str,
     ) -> anyhow::Result<LocalSetup> {
+        Self::start_with(
+            dir,
+            regions,
+            extra_yaml,
+            crate::localreg::LocalOptions::default(),
+        )
+        .await
+    }
+
+    /// As [`LocalSetup::start`], with options for the primary (e.g. its
+    /// notifications).
+    pub async fn start_with(
+        dir: &std::path::Path,
+        regions: usize,
+        extra_yaml: &str,
+        primary: crate::localreg::LocalOptions,
+    ) -> anyhow::Result<LocalSetup> {
         use crate::localreg::{LocalOptions, LocalRegistry};
-        let primary = LocalRegistry::start(&dir.join("primary"), LocalOptions::default()).await?;
+        let primary = LocalRegistry::start(&dir.join("primary"), primary).await?;
         let mut replicas = Vec::new();
         for i in 0..regions {
             replicas.push(

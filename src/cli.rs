@@ -29,6 +29,13 @@ pub enum Command {
     /// from the state store (no registry is contacted); exit 0 when every
     /// region is in sync, 1 otherwise.
     Status(StatusArgs),
+    /// The daemon: receive the primary's push notifications, reconcile
+    /// every poll_interval_secs, replicate continuously, serve /healthz,
+    /// /readyz, /v1/status and /metrics. Stops gracefully on SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Wait until an image is in every region (exit 0), or time out (exit 1):
+    /// a deployment gate for CD pipelines. Asks the registries themselves.
+    Wait(WaitArgs),
     /// Validate a config file and exit (0 valid, 2 invalid).
     CheckConfig(CheckConfigArgs),
     /// Start a local primary and two replica registries, push sample images,
@@ -52,6 +59,28 @@ pub struct SyncArgs {
     /// rebuild it from the registries (implies --verify).
     #[arg(long)]
     pub rebuild_state: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file (YAML).
+    #[arg(long, short, env = "GEOREP_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The config file (YAML).
+    #[arg(long, short, env = "GEOREP_CONFIG")]
+    pub config: PathBuf,
+    /// The image: REPOSITORY:TAG or REPOSITORY@DIGEST (no registry host).
+    pub image: String,
+    /// Give up after this long (e.g. 90s, 5m, 1h).
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+    /// Time between two checks.
+    #[arg(long, default_value = "1s")]
+    pub interval: String,
 }
 
 #[derive(Debug, Args)]

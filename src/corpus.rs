@@ -368,6 +368,47 @@ impl Corpus {
     }
 }
 
+/// Pushes one small image to `repository:tag`: a config and a single
+/// pseudo-random layer of `layer_bytes` from `seed` (a new seed, a new
+/// image). For the daemon's tests and its latency benchmark.
+pub async fn push_image(
+    registry: &Registry,
+    repository: &str,
+    tag: &str,
+    layer_bytes: u64,
+    seed: u64,
+) -> Result<Manifest, RegistryError> {
+    let layer = Blob::random(seed, layer_bytes, "application/vnd.oci.image.layer.v1.tar");
+    let config = Blob::fixed(
+        serde_json::to_vec(&json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+            "config": {"Labels": {"georep.seed": seed.to_string()}},
+        }))
+        .expect("JSON values serialize"),
+        "application/vnd.oci.image.config.v1+json",
+    );
+    for blob in [&layer, &config] {
+        let session = registry.start_upload(repository).await?;
+        upload(registry, &session, blob).await?;
+    }
+    let bytes = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": crate::registry::manifest::OCI_MANIFEST,
+        "config": config.descriptor(),
+        "layers": [layer.descriptor()],
+    }))
+    .expect("JSON values serialize");
+    let manifest = Manifest {
+        digest: Digest::sha256_of(&bytes),
+        bytes: Bytes::from(bytes),
+        media_type: crate::registry::manifest::OCI_MANIFEST.to_owned(),
+    };
+    registry.put_manifest(repository, tag, &manifest).await?;
+    Ok(manifest)
+}
+
 async fn upload(
     registry: &Registry,
     session: &crate::registry::UploadSession,

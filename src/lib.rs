@@ -2,9 +2,14 @@
 //!
 //! # Layout
 //!
+//! - [`api`] — the daemon's HTTP API (axum): webhook, health, readiness,
+//!   status, Prometheus metrics.
 //! - [`bench`] — the raw copy baseline that throughput is compared with.
 //! - [`cli`] — command-line definitions (clap) only.
-//! - [`commands`] — one file per subcommand: `sync`, `status`, `check-config`, `demo`.
+//! - [`commands`] — one file per subcommand: `run`, `sync`, `wait`, `status`,
+//!   `check-config`, `demo`.
+//! - [`daemon`] — `georep run`: build then run; per-region workers over the
+//!   durable queue; outgoing notifications.
 //! - [`config`] — the YAML config: serde types, loading, validation with
 //!   file, line and column.
 //! - [`registry`] — HTTP client for the OCI distribution API: auth (basic,
@@ -15,20 +20,27 @@
 //!   copy blobs (one read fanned out to every region) then manifests then
 //!   tags, and report.
 //! - [`store`] — the checkpoint store (sled): facts about the primary and
-//!   each region, key layout and schema version.
+//!   each region, the daemon's durable queue, key layout and schema version.
+//! - [`watch`] — change sources: the registry's notifications (parsed and
+//!   decided) and the poller's periodic reconcile.
+//! - [`shutdown`] — SIGINT/SIGTERM to one shutdown signal.
 //! - [`corpus`] — deterministic synthetic images for the demo, the tests and
 //!   the benchmark.
 //! - [`localreg`] — local `docker-registry` processes for the demo, tests
 //!   and benchmark.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod corpus;
+pub mod daemon;
 pub mod digest;
 pub mod engine;
 pub mod localreg;
 pub mod registry;
+pub mod shutdown;
 pub mod store;
+pub mod watch;

@@ -34,9 +34,18 @@ pub enum LocalAuth {
     },
 }
 
+/// Where the registry posts its notifications.
+#[derive(Clone, Debug)]
+pub struct LocalNotify {
+    pub url: String,
+    /// Sent as the `Authorization` header, if set.
+    pub authorization: Option<String>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LocalOptions {
     pub auth: Option<LocalAuth>,
+    pub notify: Option<LocalNotify>,
     /// Use this port instead of a free one (for restarts).
     pub port: Option<u16>,
 }
@@ -150,13 +159,29 @@ impl LocalRegistry {
                 root_cert_bundle.display()
             ),
         };
+        let notifications = match &self.options.notify {
+            None => String::new(),
+            Some(n) => {
+                let headers = n
+                    .authorization
+                    .as_ref()
+                    .map(|a| format!("      headers:\n        Authorization: [{a:?}]\n"))
+                    .unwrap_or_default();
+                // A short backoff: a receiver that was down gets the
+                // pending events soon after it is back.
+                format!(
+                    "notifications:\n  endpoints:\n    - name: georep\n      url: {}\n{headers}      timeout: 5s\n      threshold: 3\n      backoff: 250ms\n",
+                    n.url
+                )
+            }
+        };
         format!(
             "version: 0.1\n\
 log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
 http:\n  addr: 127.0.0.1:{}\n  secret: georep-local-registry\n\
 validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n\
-{auth}",
+{auth}{notifications}",
             data.display(),
             self.port
         )

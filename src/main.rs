@@ -32,6 +32,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Sync(a) => commands::sync::run(a).await,
+            Command::Run(a) => commands::run::run(a).await,
+            Command::Wait(a) => commands::wait::run(a).await,
             Command::Status(a) => commands::status::run(a),
             Command::CheckConfig(a) => commands::check_config::run(a),
             Command::Demo(a) => commands::demo::run(a).await,

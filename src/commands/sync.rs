@@ -6,18 +6,10 @@ use anyhow::Context;
 
 use crate::cli::SyncArgs;
 use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
-use crate::config;
 use crate::engine::{Engine, SyncOptions, store_path};
 
 pub async fn run(args: &SyncArgs) -> anyhow::Result<ExitCode> {
-    let config = config::load(&args.config)?;
-    std::fs::create_dir_all(&config.state_dir).with_context(|| {
-        format!(
-            "creating state_dir {} (from {})",
-            config.state_dir.display(),
-            config.path.display()
-        )
-    })?;
+    let config = super::load_with_state_dir(&args.config)?;
     if args.rebuild_state {
         let path = store_path(&config);
         // Never move a store another georep is writing to.

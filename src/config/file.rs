@@ -27,6 +27,84 @@ pub struct FileConfig {
     /// How many times a transiently failing request is tried in all.
     #[serde(default)]
     pub max_attempts: Option<Spanned<u32>>,
+    /// The daemon's HTTP API (webhook included): `host:port`.
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    /// Seconds between full reconciles of the daemon; 0 turns polling off.
+    #[serde(default)]
+    pub poll_interval_secs: Option<Spanned<u64>>,
+    /// How long the daemon lets in-flight copies finish on shutdown.
+    #[serde(default)]
+    pub shutdown_grace_secs: Option<Spanned<u64>>,
+    /// The longest wait between two tries of a failing work item.
+    #[serde(default)]
+    pub retry_max_secs: Option<Spanned<u64>>,
+    /// Transient failures in a row after which an item is parked.
+    #[serde(default)]
+    pub park_after_attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub webhook: FileWebhook,
+    #[serde(default)]
+    pub deletes: FileDeletes,
+    /// Outgoing notifications.
+    #[serde(default)]
+    pub notify: Vec<FileNotify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhook {
+    /// Largest notification body accepted, in bytes.
+    #[serde(default)]
+    pub max_body_bytes: Option<Spanned<usize>>,
+    /// Credentials the registry must send; none means open.
+    #[serde(default)]
+    pub auth: Option<Spanned<FileWebhookAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhookAuth {
+    /// `Authorization: Bearer <token>`, the token read from this variable.
+    #[serde(default)]
+    pub bearer_token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub bearer_token_file: Option<Spanned<PathBuf>>,
+    /// HTTP basic: this username and a password from `password_env` or
+    /// `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDeletes {
+    /// `ignore` (default) or `propagate`.
+    #[serde(default)]
+    pub policy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_per_hour: Option<Spanned<u32>>,
+    /// Log what would be deleted, delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNotify {
+    pub url: Spanned<String>,
+    /// `replicated` (complete in one region) and/or `complete` (in all).
+    #[serde(default)]
+    pub events: Vec<Spanned<String>>,
+    /// A bearer token sent with each notification, from this variable.
+    #[serde(default)]
+    pub bearer_token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,8 @@ use serde_saphyr::{Location, Spanned};
 use super::file::{FileConfig, FileCredentials, FileRegistry};
 use super::{
     Concurrency, Config, Credentials, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENT_REQUESTS,
-    RegistryConfig, RepositoryFilter, Secret, Timeouts,
+    DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig, DeletePolicy, NotifyTarget, RegistryConfig,
+    RepositoryFilter, Secret, Timeouts, WebhookAuth,
 };
 
 /// Why a config could not be loaded.
@@ -278,6 +279,7 @@ impl Validator<'_> {
             )),
         };
         let max_attempts = self.positive(&file.max_attempts, "max_attempts", DEFAULT_MAX_ATTEMPTS);
+        let daemon = self.daemon(&file);
 
         Some(Config {
             path: path.to_owned(),
@@ -288,6 +290,7 @@ impl Validator<'_> {
             concurrency,
             timeouts,
             max_attempts,
+            daemon,
         })
     }
 
@@ -368,56 +371,236 @@ impl Validator<'_> {
     fn credentials(&mut self, c: &Spanned<FileCredentials>) -> Option<Credentials> {
         let at = c.referenced;
         let c = &c.value;
-        let password = match (&c.password_env, &c.password_file) {
-            (Some(_), Some(f)) => {
-                self.issue(
-                    f.referenced,
-                    "give either password_env or password_file, not both",
-                );
-                return None;
-            }
-            (None, None) => {
-                self.issue(
-                    at,
-                    format!(
-                        "credentials for {:?} need password_env or password_file",
-                        c.username
-                    ),
-                );
-                return None;
-            }
-            (Some(var), None) => match (self.env)(&var.value) {
-                Some(p) => p,
-                None => {
-                    self.issue(
-                        var.referenced,
-                        format!("environment variable {} is not set", var.value),
-                    );
-                    return None;
-                }
-            },
-            (None, Some(file)) => {
-                let p = self.absolute(&file.value);
-                match std::fs::read_to_string(&p) {
-                    Ok(s) => s.trim_end_matches(['\r', '\n']).to_owned(),
-                    Err(e) => {
-                        self.issue(
-                            file.referenced,
-                            format!("cannot read password_file {}: {e}", p.display()),
-                        );
-                        return None;
-                    }
-                }
-            }
-        };
+        let what = format!("credentials for {:?}", c.username);
+        let password = self.secret(&c.password_env, &c.password_file, at, &what, "password")?;
         if c.username.is_empty() {
             self.issue(at, "credentials.username must not be empty");
             return None;
         }
         Some(Credentials {
             username: c.username.clone(),
-            password: Secret::new(password),
+            password,
         })
+    }
+
+    /// A secret from exactly one of `<name>_env` (a variable) and
+    /// `<name>_file` (a file, trailing newline removed).
+    fn secret(
+        &mut self,
+        env: &Option<Spanned<String>>,
+        file: &Option<Spanned<PathBuf>>,
+        at: Location,
+        what: &str,
+        name: &str,
+    ) -> Option<Secret> {
+        match (env, file) {
+            (Some(_), Some(f)) => {
+                self.issue(
+                    f.referenced,
+                    format!("give either {name}_env or {name}_file, not both"),
+                );
+                None
+            }
+            (None, None) => {
+                self.issue(at, format!("{what} need {name}_env or {name}_file"));
+                None
+            }
+            (Some(var), None) => match (self.env)(&var.value) {
+                Some(p) => Some(Secret::new(p)),
+                None => {
+                    self.issue(
+                        var.referenced,
+                        format!("environment variable {} is not set", var.value),
+                    );
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let p = self.absolute(&file.value);
+                match std::fs::read_to_string(&p) {
+                    Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']))),
+                    Err(e) => {
+                        self.issue(
+                            file.referenced,
+                            format!("cannot read {name}_file {}: {e}", p.display()),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn daemon(&mut self, file: &FileConfig) -> DaemonConfig {
+        let d = DaemonConfig::default();
+        let listen = match &file.listen {
+            None => d.listen.clone(),
+            Some(l) => {
+                let v = l.value.trim();
+                if v.parse::<std::net::SocketAddr>().is_err() {
+                    self.issue(
+                        l.referenced,
+                        format!(
+                            "listen {v:?} must be an IP address and port, e.g. 127.0.0.1:9090 (or 0.0.0.0:9090 for every interface)"
+                        ),
+                    );
+                }
+                v.to_owned()
+            }
+        };
+        let poll_interval = match &file.poll_interval_secs {
+            None => d.poll_interval,
+            Some(s) if s.value == 0 => None,
+            Some(s) => Some(Duration::from_secs(s.value)),
+        };
+        let shutdown_grace = match &file.shutdown_grace_secs {
+            None => d.shutdown_grace,
+            Some(s) => Duration::from_secs(s.value),
+        };
+        let retry_max = Duration::from_secs(self.positive(
+            &file.retry_max_secs,
+            "retry_max_secs",
+            d.retry_max.as_secs(),
+        ));
+        let park_after_attempts = self.positive(
+            &file.park_after_attempts,
+            "park_after_attempts",
+            d.park_after_attempts,
+        );
+        let webhook_max_body_bytes = self.positive(
+            &file.webhook.max_body_bytes,
+            "max_body_bytes",
+            d.webhook_max_body_bytes,
+        );
+        let webhook_auth = file.webhook.auth.as_ref().and_then(|a| {
+            let at = a.referenced;
+            let a = &a.value;
+            let bearer = a.bearer_token_env.is_some() || a.bearer_token_file.is_some();
+            match (&a.username, bearer) {
+                (Some(_), true) => {
+                    self.issue(
+                        at,
+                        "webhook.auth: give either a bearer token or a username and password, not both",
+                    );
+                    None
+                }
+                (Some(username), false) => {
+                    let password = self.secret(
+                        &a.password_env,
+                        &a.password_file,
+                        at,
+                        "webhook.auth with a username",
+                        "password",
+                    )?;
+                    Some(WebhookAuth::Basic {
+                        username: username.clone(),
+                        password,
+                    })
+                }
+                (None, _) => {
+                    if let Some(p) = a.password_env.as_ref().map(|p| p.referenced).or(a
+                        .password_file
+                        .as_ref()
+                        .map(|p| p.referenced))
+                    {
+                        self.issue(p, "webhook.auth: a password needs a username");
+                        return None;
+                    }
+                    self.secret(
+                        &a.bearer_token_env,
+                        &a.bearer_token_file,
+                        at,
+                        "webhook.auth",
+                        "bearer_token",
+                    )
+                    .map(WebhookAuth::Bearer)
+                }
+            }
+        });
+        let deletes = match &file.deletes.policy {
+            None => DeletePolicy::Ignore,
+            Some(p) => match p.value.as_str() {
+                "ignore" => DeletePolicy::Ignore,
+                "propagate" => DeletePolicy::Propagate,
+                other => {
+                    self.issue(
+                        p.referenced,
+                        format!("deletes.policy must be `ignore` or `propagate`, not {other:?}"),
+                    );
+                    DeletePolicy::Ignore
+                }
+            },
+        };
+        let max_deletes_per_hour = self.positive(
+            &file.deletes.max_per_hour,
+            "max_per_hour",
+            d.max_deletes_per_hour,
+        );
+        let mut notify = Vec::new();
+        for n in &file.notify {
+            let url = self.url(&n.url);
+            let mut on_replicated = false;
+            let mut on_complete = false;
+            for e in &n.events {
+                match e.value.as_str() {
+                    "replicated" => on_replicated = true,
+                    "complete" => on_complete = true,
+                    other => self.issue(
+                        e.referenced,
+                        format!("notify events are `replicated` and `complete`, not {other:?}"),
+                    ),
+                }
+            }
+            if n.events.is_empty() {
+                on_complete = true;
+            }
+            let bearer_token =
+                n.bearer_token_env
+                    .as_ref()
+                    .and_then(|var| match (self.env)(&var.value) {
+                        Some(t) => Some(Secret::new(t)),
+                        None => {
+                            self.issue(
+                                var.referenced,
+                                format!("environment variable {} is not set", var.value),
+                            );
+                            None
+                        }
+                    });
+            let timeout = Duration::from_secs(self.positive(
+                &n.timeout_secs,
+                "timeout_secs",
+                DEFAULT_NOTIFY_TIMEOUT_SECS,
+            ));
+            if let Some(mut url) = url {
+                // `url()` adds the trailing slash a registry base needs; a
+                // webhook is posted to exactly as written.
+                if !n.url.value.trim().ends_with('/') && url.path() != "/" {
+                    let p = url.path().trim_end_matches('/').to_owned();
+                    url.set_path(&p);
+                }
+                notify.push(NotifyTarget {
+                    url,
+                    on_replicated,
+                    on_complete,
+                    bearer_token,
+                    timeout,
+                });
+            }
+        }
+        DaemonConfig {
+            listen,
+            poll_interval,
+            shutdown_grace,
+            retry_max,
+            park_after_attempts,
+            webhook_max_body_bytes,
+            webhook_auth,
+            deletes,
+            max_deletes_per_hour,
+            deletes_dry_run: file.deletes.dry_run,
+            notify,
+        }
     }
 
     fn globs(&mut self, patterns: &[Spanned<String>], what: &str) -> Option<GlobSet> {

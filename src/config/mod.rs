@@ -38,6 +38,26 @@ pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 60;
 /// How many times a request that failed for a transient reason is tried.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 
+/// Where the daemon's HTTP API listens unless `listen` says otherwise:
+/// loopback only, so nothing is exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+/// Seconds between the daemon's full reconciles against the primary.
+pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 300;
+/// Seconds in-flight copies get to finish when the daemon is stopped.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// The longest pause between two tries of a failing work item.
+pub const DEFAULT_RETRY_MAX_SECS: u64 = 60;
+/// Transient failures in a row after which an item is parked (until the
+/// next reconcile). Unreachable regions never park: that is an outage.
+pub const DEFAULT_PARK_AFTER_ATTEMPTS: u32 = 10;
+/// The largest notification envelope accepted (the registry sends one
+/// event per request, well under 4 KiB).
+pub const DEFAULT_WEBHOOK_MAX_BODY_BYTES: usize = 1 << 20;
+/// Manifest deletions propagated per region per hour, at most.
+pub const DEFAULT_MAX_DELETES_PER_HOUR: u32 = 100;
+/// Time allowed for one outgoing notification.
+pub const DEFAULT_NOTIFY_TIMEOUT_SECS: u64 = 10;
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -51,6 +71,70 @@ pub struct Config {
     pub concurrency: Concurrency,
     pub timeouts: Timeouts,
     pub max_attempts: u32,
+    /// What only `georep run` uses.
+    pub daemon: DaemonConfig,
+}
+
+/// The daemon's settings.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// `host:port` of the HTTP API (webhook, health, status, metrics).
+    pub listen: String,
+    /// Between full reconciles; `None`: no polling, not even at start.
+    pub poll_interval: Option<Duration>,
+    pub shutdown_grace: Duration,
+    pub retry_max: Duration,
+    pub park_after_attempts: u32,
+    pub webhook_max_body_bytes: usize,
+    pub webhook_auth: Option<WebhookAuth>,
+    pub deletes: DeletePolicy,
+    pub max_deletes_per_hour: u32,
+    pub deletes_dry_run: bool,
+    pub notify: Vec<NotifyTarget>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: DEFAULT_LISTEN.to_owned(),
+            poll_interval: Some(Duration::from_secs(DEFAULT_POLL_INTERVAL_SECS)),
+            shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
+            retry_max: Duration::from_secs(DEFAULT_RETRY_MAX_SECS),
+            park_after_attempts: DEFAULT_PARK_AFTER_ATTEMPTS,
+            webhook_max_body_bytes: DEFAULT_WEBHOOK_MAX_BODY_BYTES,
+            webhook_auth: None,
+            deletes: DeletePolicy::Ignore,
+            max_deletes_per_hour: DEFAULT_MAX_DELETES_PER_HOUR,
+            deletes_dry_run: false,
+            notify: Vec::new(),
+        }
+    }
+}
+
+/// What the webhook requires of the sender.
+#[derive(Clone, Debug)]
+pub enum WebhookAuth {
+    Bearer(Secret),
+    Basic { username: String, password: Secret },
+}
+
+/// What a manifest deleted on the primary does to the regions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeletePolicy {
+    Ignore,
+    Propagate,
+}
+
+/// An outgoing webhook.
+#[derive(Clone, Debug)]
+pub struct NotifyTarget {
+    pub url: url::Url,
+    /// Post when an image is complete in one region.
+    pub on_replicated: bool,
+    /// Post when an image is complete in every region.
+    pub on_complete: bool,
+    pub bearer_token: Option<Secret>,
+    pub timeout: Duration,
 }
 
 /// One registry: the primary or a replica region.

@@ -20,6 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::Engine;
+use super::cause::Cause;
 use super::copy::RegionResults;
 use super::fanout::{Target, fan_out};
 use super::known::{RegionId, RepoState};
@@ -296,11 +297,10 @@ enum Presence {
     Unasked,
 }
 
-fn blob_cause(desc: &Descriptor, what: &str, e: &RegistryError) -> String {
-    format!(
-        "{what} blob {} ({}) failed: {e:#}",
-        desc.digest,
-        human_bytes(desc.size)
+fn blob_cause(desc: &Descriptor, what: &str, e: &RegistryError) -> Cause {
+    Cause::of(
+        format_args!("{what} blob {} ({})", desc.digest, human_bytes(desc.size)),
+        e,
     )
 }
 

@@ -9,6 +9,7 @@ use futures::future::{BoxFuture, join_all};
 use tracing::Instrument;
 
 use super::Engine;
+use super::cause::Cause;
 use super::known::{RegionId, RepoState};
 use super::plan::ImageJob;
 use super::report::TagState;
@@ -26,30 +27,75 @@ pub struct TagOutcome {
     pub region: RegionId,
     pub tag: String,
     pub state: TagState,
-    pub failure: Option<String>,
+    pub failure: Option<Cause>,
 }
 
 /// Per region: done, or why not.
-pub type RegionResults = BTreeMap<RegionId, Result<(), String>>;
+pub type RegionResults = BTreeMap<RegionId, Result<(), Cause>>;
 
 impl Engine {
     /// Copies one image to every region whose tags differ from the primary.
     pub async fn copy_image(&self, job: &ImageJob) -> Vec<TagOutcome> {
+        self.copy_image_to(job, &self.region_ids()).await
+    }
+
+    /// Copies one image to those of `regions` whose tags differ from the
+    /// primary.
+    pub async fn copy_image_to(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
         let span = tracing::info_span!(
             "image",
             repository = %job.repository,
             digest = %job.digest.short()
         );
-        self.copy_image_inner(job).instrument(span).await
+        self.copy_image_inner(job, regions).instrument(span).await
     }
 
-    async fn copy_image_inner(&self, job: &ImageJob) -> Vec<TagOutcome> {
+    /// Makes manifest `digest` of `repo` (pushed without a tag) and
+    /// everything under it present in each of `regions`.
+    pub async fn copy_manifest_to(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        regions: &[RegionId],
+    ) -> RegionResults {
+        let span = tracing::info_span!("manifest", repository = %repo, digest = %digest.short());
+        async {
+            let root = match self
+                .primary
+                .get_manifest(repo, digest.as_str(), &Scope::pull(repo))
+                .await
+            {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    let cause = Cause::gone(format!(
+                        "manifest {digest} is not on the primary (any more)"
+                    ));
+                    return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
+                }
+                Err(e) => {
+                    let cause = Cause::of("reading the manifest from the primary", &e);
+                    return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
+                }
+            };
+            let desc = Descriptor {
+                media_type: root.media_type.clone(),
+                digest: digest.clone(),
+                size: root.bytes.len() as u64,
+                urls: Vec::new(),
+            };
+            self.ensure_manifest(repo, desc, regions, 0, false).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn copy_image_inner(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
         let repo = &job.repository;
         let mut outcomes = Vec::new();
 
         // Which regions need which tags: what the store says first, then the
         // region's listing, then a HEAD.
-        let checks = self.region_ids().into_iter().flat_map(|r| {
+        let checks = regions.iter().copied().flat_map(|r| {
             job.tags.iter().map(move |tag| async move {
                 (r, tag.clone(), self.region_tag(r, repo, tag).await)
             })
@@ -60,7 +106,7 @@ impl Engine {
             match held {
                 Ok(Some(d)) if d == job.digest => in_sync.entry(r).or_default().push(tag),
                 Ok(_) => needs.entry(r).or_default().push(tag),
-                Err(e) => outcomes.push(failed(r, tag, format!("checking the tag failed: {e:#}"))),
+                Err(e) => outcomes.push(failed(r, tag, Cause::of("checking the tag", &e))),
             }
         }
         let verifying = self.facts.verifying();
@@ -88,10 +134,10 @@ impl Engine {
 
         let fail_all = |outcomes: &mut Vec<TagOutcome>,
                         needs: &BTreeMap<RegionId, Vec<String>>,
-                        cause: &str| {
+                        cause: &Cause| {
             for (r, tags) in needs {
                 for t in tags {
-                    outcomes.push(failed(*r, t.clone(), cause.to_owned()));
+                    outcomes.push(failed(*r, t.clone(), cause.clone()));
                 }
             }
         };
@@ -102,12 +148,17 @@ impl Engine {
             .await
         {
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err("the manifest disappeared from the primary during the pass".to_owned()),
-            Err(e) => Err(format!(
-                "reading the manifest from the primary failed: {e:#}"
-            )),
+            Ok(None) => Err(Cause::gone(format!(
+                "manifest {} is not on the primary (any more)",
+                job.digest
+            ))),
+            Err(e) => Err(Cause::of("reading the manifest from the primary", &e)),
         }
-        .and_then(|m| m.kind().map(|_| m).map_err(|e| e.to_string()));
+        .and_then(|m| {
+            m.kind()
+                .map(|_| m)
+                .map_err(|e| Cause::permanent(e.to_string()))
+        });
         let root = match root {
             Ok(m) => m,
             Err(cause) => {
@@ -148,7 +199,7 @@ impl Engine {
             let deps = ready
                 .get(&r)
                 .cloned()
-                .unwrap_or_else(|| Err("not attempted".to_owned()));
+                .unwrap_or_else(|| Err(Cause::permanent("not attempted")));
             let root = &root;
             async move {
                 let mut out = Vec::new();
@@ -178,9 +229,7 @@ impl Engine {
                                     failure: None,
                                 }
                             }
-                            Err(e) => {
-                                failed(r, tag.clone(), format!("pushing the tag failed: {e:#}"))
-                            }
+                            Err(e) => failed(r, tag.clone(), Cause::of("pushing the tag", &e)),
                         },
                     };
                     out.push(outcome);
@@ -236,7 +285,7 @@ impl Engine {
         repo: &str,
         digest: &Digest,
         regions: &[RegionId],
-    ) -> (Vec<RegionId>, Vec<(RegionId, String)>) {
+    ) -> (Vec<RegionId>, Vec<(RegionId, Cause)>) {
         let checks = regions.iter().map(|&r| async move {
             if self.facts.has_manifest(r, repo, digest) {
                 return (r, Ok(true));
@@ -258,7 +307,9 @@ impl Engine {
                     present.push(r);
                 }
                 Ok(false) => self.facts.forget_manifest(r, repo, digest.as_str()),
-                Err(e) => errors.push((r, format!("checking manifest {digest} failed: {e:#}"))),
+                Err(e) => {
+                    errors.push((r, Cause::of(format_args!("checking manifest {digest}"), &e)))
+                }
             }
         }
         (present, errors)
@@ -280,7 +331,7 @@ impl Engine {
             let refs = match manifest.references() {
                 Ok(r) => r,
                 Err(e) => {
-                    let cause = format!("manifest {}: {e}", manifest.digest);
+                    let cause = Cause::permanent(format!("manifest {}: {e}", manifest.digest));
                     return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
                 }
             };
@@ -327,7 +378,9 @@ impl Engine {
         async move {
             let digest = desc.digest.clone();
             if depth > MAX_NESTING {
-                let cause = format!("manifest {digest} is nested deeper than {MAX_NESTING} levels");
+                let cause = Cause::permanent(format!(
+                    "manifest {digest} is nested deeper than {MAX_NESTING} levels"
+                ));
                 return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
             }
             let _guard = self.manifest_locks.lock((repo.to_owned(), digest.clone())).await;
@@ -369,27 +422,29 @@ impl Engine {
                     return results;
                 }
                 Ok(None) => {
-                    let cause = format!("child manifest {digest} is missing on the primary");
+                    let cause =
+                        Cause::permanent(format!("child manifest {digest} is missing on the primary"));
                     results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                     return results;
                 }
                 Err(e) => {
-                    let cause = format!("reading manifest {digest} from the primary failed: {e:#}");
+                    let cause =
+                        Cause::of(format_args!("reading manifest {digest} from the primary"), &e);
                     results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                     return results;
                 }
             };
             if manifest.bytes.len() as u64 != desc.size {
-                let cause = format!(
+                let cause = Cause::permanent(format!(
                     "manifest {digest} is {} bytes on the primary, its descriptor says {}",
                     manifest.bytes.len(),
                     desc.size
-                );
+                ));
                 results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                 return results;
             }
             if let Err(e) = manifest.kind() {
-                let cause = format!("manifest {digest}: {e}");
+                let cause = Cause::permanent(format!("manifest {digest}: {e}"));
                 results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
                 return results;
             }
@@ -416,7 +471,10 @@ impl Engine {
                             self.facts.add_manifest(r, repo, digest.as_str(), digest);
                             (r, Ok(()))
                         }
-                        Err(e) => (r, Err(format!("pushing manifest {digest} failed: {e:#}"))),
+                        Err(e) => (
+                            r,
+                            Err(Cause::of(format_args!("pushing manifest {digest}"), &e)),
+                        ),
                     }
                 }
             });
@@ -427,7 +485,7 @@ impl Engine {
     }
 }
 
-fn failed(region: RegionId, tag: String, cause: String) -> TagOutcome {
+fn failed(region: RegionId, tag: String, cause: Cause) -> TagOutcome {
     TagOutcome {
         region,
         tag,

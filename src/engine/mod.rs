@@ -13,6 +13,7 @@
 //! left.
 
 pub mod blob;
+pub mod cause;
 pub mod copy;
 pub mod fanout;
 pub mod known;
@@ -212,7 +213,7 @@ impl Engine {
                             repository: Some(job.repository.clone()),
                             tag: Some(o.tag),
                             digest: Some(job.digest.clone()),
-                            cause,
+                            cause: cause.message,
                         });
                     }
                 }
@@ -330,7 +331,15 @@ impl Engine {
             .await
     }
 
-    fn counter_values(&self, r: RegionId) -> [u64; 4] {
+    /// Forgets the regions' repository listings: the daemon calls it at
+    /// each reconcile, as a pass does at its start.
+    pub fn forget_listings(&self) {
+        self.region_repos.clear();
+    }
+
+    /// Region `r`'s totals since start: blobs uploaded, bytes uploaded,
+    /// blobs mounted, manifests pushed.
+    pub fn counter_values(&self, r: RegionId) -> [u64; 4] {
         let c = &self.counters[r];
         [
             c.blobs_uploaded.load(Ordering::Relaxed),

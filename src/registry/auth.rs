@@ -40,6 +40,11 @@ impl Scope {
     pub fn push(repository: &str) -> Scope {
         Scope(vec![format!("repository:{repository}:pull,push")])
     }
+    /// Delete manifests of `repository` (distribution's token servers call
+    /// the action `delete`; others grant it with `*`).
+    pub fn delete(repository: &str) -> Scope {
+        Scope(vec![format!("repository:{repository}:delete")])
+    }
     /// Push to `repository` and read `from`, for a cross-repository mount.
     pub fn mount(repository: &str, from: &str) -> Scope {
         Scope(vec![

@@ -599,6 +599,32 @@ impl Registry {
         Ok(())
     }
 
+    /// `DELETE` a manifest by digest (and with it every tag pointing at
+    /// it) or a tag alone (where the registry supports it). `false` if the
+    /// registry did not have it.
+    pub async fn delete_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<bool, RegistryError> {
+        let url = self.manifest_url(repository, reference);
+        let a = self
+            .send(
+                Op::ManifestDelete,
+                Method::DELETE,
+                url,
+                &Scope::delete(repository),
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        match a.resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(a.into_error(Method::DELETE).await),
+        }
+    }
+
     fn blob_url(&self, repository: &str, digest: &Digest) -> url::Url {
         self.endpoint(&format!("v2/{repository}/blobs/{digest}"))
     }

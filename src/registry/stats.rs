@@ -19,11 +19,12 @@ pub enum Op {
     UploadStart,
     UploadPut,
     UploadCancel,
+    ManifestDelete,
     Token,
 }
 
 impl Op {
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::Ping,
         Op::Catalog,
         Op::TagsList,
@@ -36,6 +37,7 @@ impl Op {
         Op::UploadStart,
         Op::UploadPut,
         Op::UploadCancel,
+        Op::ManifestDelete,
         Op::Token,
     ];
 
@@ -53,6 +55,7 @@ impl Op {
             Op::UploadStart => "upload_start",
             Op::UploadPut => "upload_put",
             Op::UploadCancel => "upload_cancel",
+            Op::ManifestDelete => "manifest_delete",
             Op::Token => "token",
         }
     }

@@ -17,12 +17,14 @@
 //! | `regions` | region name | [`RegionStatus`]: URL, last pass, last success, last error |
 //! | `manifests/<region>` | `repo \0 tag-or-digest` | [`ManifestFact`]: digest, time |
 //! | `blobs/<region>` | digest | repositories holding it, with the time each was acknowledged (`{"a": ms}`) |
+//! | `events`, `latest`, `queue/<region>` | | the daemon's durable work, see [`queue`] |
 //!
 //! A region's facts are bound to its URL: if the config points a region
 //! name at another URL, its facts are dropped when the store is opened.
 //!
 //! sled is used only here; the rest of the crate sees [`Store`].
 
+pub mod queue;
 mod time;
 
 use std::collections::BTreeMap;
@@ -112,6 +114,7 @@ struct RegionTrees {
     name: String,
     manifests: sled::Tree,
     blobs: sled::Tree,
+    queue: sled::Tree,
 }
 
 pub struct Store {
@@ -119,6 +122,8 @@ pub struct Store {
     db: sled::Db,
     primary: sled::Tree,
     statuses: sled::Tree,
+    events: sled::Tree,
+    latest: sled::Tree,
     regions: Vec<RegionTrees>,
 }
 
@@ -235,15 +240,25 @@ impl Store {
                 name: name.clone(),
                 manifests: db.open_tree(manifests_name).map_err(io)?,
                 blobs: db.open_tree(blobs_name).map_err(io)?,
+                // Queued work outlives a change of URL: the new registry
+                // needs it as much as the old one did.
+                queue: db.open_tree(format!("queue/{name}")).map_err(io)?,
             });
         }
         Ok(Store {
             path: path.to_owned(),
+            events: db.open_tree("events").map_err(io)?,
+            latest: db.open_tree("latest").map_err(io)?,
             db,
             primary,
             statuses,
             regions: trees,
         })
+    }
+
+    /// Whether the store can be read (for readiness probes).
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.statuses.get(b"").map(|_| ()).map_err(|e| self.io(e))
     }
 
     pub fn path(&self) -> &Path {
@@ -400,6 +415,24 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets manifest `digest` of `repository` in region `r`, by digest
+    /// and under every tag recorded to point at it (it was deleted there).
+    pub fn forget_manifest_and_tags(
+        &self,
+        r: RegionId,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        let tree = &self.regions[r].manifests;
+        for entry in tree.scan_prefix(key(repository, "")) {
+            let (k, v) = entry.map_err(|e| self.io(e))?;
+            if decode::<ManifestFact>(&v).is_none_or(|f| f.digest == *digest) {
+                tree.remove(k).map_err(|e| self.io(e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every (repository, reference, fact) of region `r`.
     pub fn region_manifests(
         &self,
@@ -498,9 +531,21 @@ impl Store {
 
     /// Records the end of a pass for region `r`: a success, or its first error.
     pub fn record_pass(&self, r: RegionId, error: Option<&str>) -> Result<(), StoreError> {
+        self.record_status(r, error, true)
+    }
+
+    /// Records a success or an error in region `r`, and whether it ended a pass.
+    fn record_status(
+        &self,
+        r: RegionId,
+        error: Option<&str>,
+        pass: bool,
+    ) -> Result<(), StoreError> {
         let mut s = self.region_status(r);
         let now = now_unix();
-        s.last_pass_at = Some(now);
+        if pass {
+            s.last_pass_at = Some(now);
+        }
         match error {
             None => s.last_success_at = Some(now),
             Some(e) => {

@@ -3,6 +3,7 @@
 //! the API, and an independent check of what landed in each region.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod proxy;
 pub mod token;
 

@@ -1,0 +1,385 @@
+//! The daemon's counters and the Prometheus text exposition of them.
+//!
+//! A handful of fixed series, so plain atomics and a small writer are
+//! enough; gauges that live elsewhere (queue depth in the store, in-flight
+//! work in the workers, bytes in the engine) are read when scraped.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::engine::cause::CauseKind;
+
+/// Upper bounds of the latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// A cumulative histogram of durations.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, secs: f64) {
+        let secs = secs.max(0.0);
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braced} {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{braced} {count}");
+    }
+}
+
+/// What happened to an incoming event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventResult {
+    Queued,
+    Duplicate,
+    Stale,
+    Ignored,
+    Rejected,
+}
+
+impl EventResult {
+    const ALL: [EventResult; 5] = [
+        EventResult::Queued,
+        EventResult::Duplicate,
+        EventResult::Stale,
+        EventResult::Ignored,
+        EventResult::Rejected,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            EventResult::Queued => "queued",
+            EventResult::Duplicate => "duplicate",
+            EventResult::Stale => "stale",
+            EventResult::Ignored => "ignored",
+            EventResult::Rejected => "rejected",
+        }
+    }
+}
+
+const KINDS: [CauseKind; 4] = [
+    CauseKind::Unreachable,
+    CauseKind::Transient,
+    CauseKind::Gone,
+    CauseKind::Permanent,
+];
+
+#[derive(Default)]
+pub struct RegionMetrics {
+    errors: [AtomicU64; KINDS.len()],
+    pub items_done: AtomicU64,
+    pub deletes: AtomicU64,
+    /// From the primary's event time to the item done in this region.
+    pub latency: Histogram,
+}
+
+impl RegionMetrics {
+    pub fn error(&self, kind: CauseKind) {
+        let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every counter of the daemon.
+pub struct Metrics {
+    pub regions: Vec<RegionMetrics>,
+    events: [AtomicU64; EventResult::ALL.len()],
+    pub webhook_unauthorized: AtomicU64,
+    pub reconciles: AtomicU64,
+    pub reconcile_failures: AtomicU64,
+    pub notifications_sent: AtomicU64,
+    pub notifications_failed: AtomicU64,
+    /// From the primary's event time to the last region done.
+    pub complete_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new(regions: usize) -> Metrics {
+        Metrics {
+            regions: (0..regions).map(|_| RegionMetrics::default()).collect(),
+            events: Default::default(),
+            webhook_unauthorized: AtomicU64::new(0),
+            reconciles: AtomicU64::new(0),
+            reconcile_failures: AtomicU64::new(0),
+            notifications_sent: AtomicU64::new(0),
+            notifications_failed: AtomicU64::new(0),
+            complete_latency: Histogram::default(),
+        }
+    }
+
+    pub fn event(&self, result: EventResult) {
+        let i = EventResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.events[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn events(&self, result: EventResult) -> u64 {
+        let i = EventResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.events[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Per-region values read at scrape time.
+pub struct RegionGauges<'a> {
+    pub name: &'a str,
+    pub queue_depth: usize,
+    pub parked: usize,
+    pub in_flight: usize,
+    pub lag_secs: f64,
+    /// blobs uploaded, bytes uploaded, blobs mounted, manifests pushed.
+    pub counters: [u64; 4],
+}
+
+/// A label value, escaped as the text format asks.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A per-region series: name, type, help, and how to read its value.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&RegionGauges<'_>, &RegionMetrics) -> f64,
+);
+
+/// The Prometheus text format (version 0.0.4) of everything.
+pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
+    let mut out = String::new();
+    let per_region: [Series; 10] = [
+        (
+            "georep_blobs_copied_total",
+            "counter",
+            "Blobs uploaded to the region.",
+            |g, _| g.counters[0] as f64,
+        ),
+        (
+            "georep_bytes_copied_total",
+            "counter",
+            "Blob bytes uploaded to the region.",
+            |g, _| g.counters[1] as f64,
+        ),
+        (
+            "georep_blobs_mounted_total",
+            "counter",
+            "Blobs mounted from another repository of the region.",
+            |g, _| g.counters[2] as f64,
+        ),
+        (
+            "georep_manifests_pushed_total",
+            "counter",
+            "Manifests pushed to the region (by tag or digest).",
+            |g, _| g.counters[3] as f64,
+        ),
+        (
+            "georep_queue_depth",
+            "gauge",
+            "Work items queued for the region, parked ones included.",
+            |g, _| g.queue_depth as f64,
+        ),
+        (
+            "georep_parked_items",
+            "gauge",
+            "Work items given up on until the next reconcile.",
+            |g, _| g.parked as f64,
+        ),
+        (
+            "georep_in_flight",
+            "gauge",
+            "Work items being copied to the region now.",
+            |g, _| g.in_flight as f64,
+        ),
+        (
+            "georep_lag_seconds",
+            "gauge",
+            "Age of the oldest change the region has not got yet.",
+            |g, _| g.lag_secs,
+        ),
+        (
+            "georep_items_done_total",
+            "counter",
+            "Work items completed in the region.",
+            |_, m| m.items_done.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "georep_deletes_total",
+            "counter",
+            "Manifests deleted in the region because they were deleted on the primary.",
+            |_, m| m.deletes.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_region {
+        header(&mut out, name, kind, help);
+        for (g, rm) in regions.iter().zip(&m.regions) {
+            let _ = writeln!(
+                out,
+                "{name}{{region=\"{}\"}} {}",
+                label(g.name),
+                value(g, rm)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "georep_errors_total",
+        "counter",
+        "Failed attempts at a work item, by kind.",
+    );
+    for (g, rm) in regions.iter().zip(&m.regions) {
+        for (i, kind) in KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "georep_errors_total{{region=\"{}\",kind=\"{}\"}} {}",
+                label(g.name),
+                kind.as_str(),
+                rm.errors[i].load(Ordering::Relaxed)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "georep_replication_latency_seconds",
+        "histogram",
+        "From the primary's event timestamp to the image complete in the region.",
+    );
+    for (g, rm) in regions.iter().zip(&m.regions) {
+        rm.latency.write(
+            &mut out,
+            "georep_replication_latency_seconds",
+            &format!("region=\"{}\"", label(g.name)),
+        );
+    }
+    header(
+        &mut out,
+        "georep_replication_complete_latency_seconds",
+        "histogram",
+        "From the primary's event timestamp to the image complete in the last region.",
+    );
+    m.complete_latency
+        .write(&mut out, "georep_replication_complete_latency_seconds", "");
+    header(
+        &mut out,
+        "georep_events_total",
+        "counter",
+        "Registry events received, by what became of them.",
+    );
+    for r in EventResult::ALL {
+        let _ = writeln!(
+            out,
+            "georep_events_total{{result=\"{}\"}} {}",
+            r.name(),
+            m.events(r)
+        );
+    }
+    let plain: [(&str, &str, &AtomicU64); 5] = [
+        (
+            "georep_webhook_unauthorized_total",
+            "Webhook requests refused for missing or wrong credentials.",
+            &m.webhook_unauthorized,
+        ),
+        (
+            "georep_reconciles_total",
+            "Full reconciles against the primary's listing.",
+            &m.reconciles,
+        ),
+        (
+            "georep_reconcile_failures_total",
+            "Reconciles that could not list the primary completely.",
+            &m.reconcile_failures,
+        ),
+        (
+            "georep_notifications_sent_total",
+            "Outgoing notifications delivered.",
+            &m.notifications_sent,
+        ),
+        (
+            "georep_notifications_failed_total",
+            "Outgoing notifications given up on.",
+            &m.notifications_failed,
+        ),
+    ];
+    for (name, help, v) in plain {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_labelled_series_and_cumulative_buckets() {
+        let m = Metrics::new(1);
+        m.regions[0].latency.observe(0.3);
+        m.regions[0].latency.observe(2.0);
+        m.regions[0].error(CauseKind::Transient);
+        m.event(EventResult::Duplicate);
+        let text = render(
+            &m,
+            &[RegionGauges {
+                name: "east\"us",
+                queue_depth: 3,
+                parked: 1,
+                in_flight: 2,
+                lag_secs: 1.5,
+                counters: [1, 2, 3, 4],
+            }],
+        );
+        assert!(text.contains("georep_queue_depth{region=\"east\\\"us\"} 3"));
+        assert!(text.contains(
+            "georep_replication_latency_seconds_bucket{region=\"east\\\"us\",le=\"0.5\"} 1"
+        ));
+        assert!(text.contains(
+            "georep_replication_latency_seconds_bucket{region=\"east\\\"us\",le=\"+Inf\"} 2"
+        ));
+        assert!(text.contains("georep_errors_total{region=\"east\\\"us\",kind=\"transient\"} 1"));
+        assert!(text.contains("georep_events_total{result=\"duplicate\"} 1"));
+        assert!(text.contains("georep_bytes_copied_total{region=\"east\\\"us\"} 2"));
+    }
+}

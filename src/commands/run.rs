@@ -1,0 +1,16 @@
+//! `georep run`: build the daemon (a bad config, an unusable store or a
+//! taken port fail here, before anything runs, with exit code 2), then run
+//! it until SIGTERM or SIGINT and drain.
+
+use std::process::ExitCode;
+
+use crate::cli::RunArgs;
+use crate::commands::{EXIT_OK, exit};
+use crate::daemon::Daemon;
+
+pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = super::load_with_state_dir(&args.config)?;
+    let daemon = Daemon::build(config).await?;
+    daemon.run(crate::shutdown::os_signal()).await?;
+    Ok(exit(EXIT_OK))
+}

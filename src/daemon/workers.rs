@@ -1,0 +1,487 @@
+//! The workers: take ready items from every region's durable queue, copy
+//! them with the engine, and record the outcome.
+//!
+//! Each region has `max_concurrent_images` slots. A dispatch round fills
+//! each region's free slots with its oldest ready items (fresh pushes
+//! before backfill), and items for the same (repository, reference,
+//! digest) picked in several regions form one group, copied together so
+//! every blob is read once for all of them (DESIGN invariant 8). A region
+//! with no free slot is left out of the group and later copies with its
+//! own read, so a slow region delays only itself (invariant 6).
+//!
+//! An item leaves its queue only once done. Failures are classified
+//! ([`CauseKind`]): an unreachable region waits with backoff (capped at
+//! `retry_max_secs`) and never parks, because that is an outage and its
+//! backlog must catch up by itself; transient failures back off and park
+//! after `park_after_attempts`; permanent ones park at once. Parked items
+//! keep their reason (visible in `/v1/status`) and are retried at the next
+//! reconcile. Neither kind blocks the items behind it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::Shared;
+use super::notify::Notification;
+use super::schedule::Schedule;
+use crate::engine::cause::{Cause, CauseKind};
+use crate::engine::plan::ImageJob;
+use crate::registry::retry::Backoff;
+use crate::shutdown::Signal;
+use crate::store::queue::{Action, Origin, Queued, WorkItem};
+use crate::store::{RegionId, now_unix_ms};
+
+/// The first pause after a failed item.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+/// With nothing due, look again this often anyway.
+const IDLE_WAKE: Duration = Duration::from_secs(30);
+
+/// Deletions per region in the last hour, against the cap.
+pub struct DeleteBudget {
+    max_per_hour: u32,
+    done: Vec<Mutex<VecDeque<Instant>>>,
+}
+
+impl DeleteBudget {
+    pub fn new(regions: usize, max_per_hour: u32) -> DeleteBudget {
+        DeleteBudget {
+            max_per_hour,
+            done: (0..regions).map(|_| Mutex::new(VecDeque::new())).collect(),
+        }
+    }
+
+    /// Takes one deletion for region `r`, or says how long until one is free.
+    fn take(&self, r: RegionId) -> Result<(), Duration> {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let mut done = self.done[r].lock().unwrap_or_else(|e| e.into_inner());
+        while done.front().is_some_and(|t| t.elapsed() >= HOUR) {
+            done.pop_front();
+        }
+        if done.len() < self.max_per_hour as usize {
+            done.push_back(Instant::now());
+            return Ok(());
+        }
+        // The cap is at least 1, so the queue is not empty here.
+        let oldest = done.front().copied().unwrap_or_else(Instant::now);
+        Err(HOUR.saturating_sub(oldest.elapsed()))
+    }
+}
+
+/// What became of one item in one region.
+#[derive(Debug)]
+enum Outcome {
+    Done,
+    Failed(Cause),
+    /// Not attempted yet (the delete cap): try again after this long.
+    Deferred(Duration, String),
+}
+
+/// Work items of several regions copied together.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    origin: Origin,
+    action: Action,
+    repository: String,
+    reference: String,
+    digest: String,
+}
+
+/// A region that could not be reached: its queue is not dispatched to
+/// before `until_ms`, then a few items probe it.
+#[derive(Debug, Default)]
+pub struct Gate {
+    until_ms: u64,
+    failures: u32,
+}
+
+/// Runs until `stop`, then drains in-flight groups within the grace
+/// period; what is not done stays queued for the next start.
+pub async fn run(shared: Arc<Shared>, mut stop: Signal) {
+    // Retry times and the delete budget lived in the previous process:
+    // what is queued is tried again now.
+    match shared.store().retry_all_now() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(items = n, "resuming queued work"),
+        Err(e) => tracing::warn!("rescheduling queued work failed: {e:#}"),
+    }
+    let mut schedule = Schedule::new(shared.config.regions.len());
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    loop {
+        if stop.is_set() {
+            break;
+        }
+        let next_due = dispatch(&shared, &mut schedule, &mut tasks);
+        let pause = next_due
+            .map(|at| Duration::from_millis(at.saturating_sub(now_unix_ms())))
+            .unwrap_or(IDLE_WAKE)
+            .min(IDLE_WAKE);
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!("a copy task failed: {e}");
+                }
+            }
+            _ = stop.wait() => break,
+        }
+    }
+    let grace = shared.config.daemon.shutdown_grace;
+    let in_flight = tasks.len();
+    if in_flight > 0 {
+        tracing::info!(in_flight, "waiting for in-flight copies");
+    }
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        let left = tasks.len();
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        tracing::warn!(
+            left,
+            grace_secs = grace.as_secs(),
+            "grace period over: stopped unfinished copies; they stay queued for the next start"
+        );
+    }
+}
+
+/// One dispatch round: fills every region's free slots. Returns when the
+/// next item (or gated region) is due.
+fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) -> Option<u64> {
+    let now = now_unix_ms();
+    let slots = shared.config.concurrency.images;
+    let store = shared.store();
+    let mut next_due: Option<u64> = None;
+    let mut due_at = |t: u64| next_due = Some(next_due.map_or(t, |d: u64| d.min(t)));
+    let mut groups: BTreeMap<GroupKey, Vec<(RegionId, Queued)>> = BTreeMap::new();
+    let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    for r in 0..shared.config.regions.len() {
+        schedule.refresh(store, &shared.hints, r, now);
+        let gated = shared.gates[r]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .until_ms;
+        if gated > now {
+            due_at(gated);
+            continue;
+        }
+        if let Some(d) = schedule.next_due(r) {
+            due_at(d);
+        }
+        let busy = in_flight.keys().filter(|(x, _, _)| *x == r).count();
+        for _ in busy..slots {
+            let Some(q) = schedule.next(r, |repo, reference| {
+                in_flight.contains_key(&(r, repo.to_owned(), reference.to_owned()))
+            }) else {
+                break;
+            };
+            in_flight.insert(
+                (r, q.repository.clone(), q.reference.clone()),
+                Instant::now(),
+            );
+            let key = GroupKey {
+                origin: q.item.origin,
+                action: q.item.action,
+                repository: q.repository.clone(),
+                reference: q.reference.clone(),
+                digest: q.item.digest.as_str().to_owned(),
+            };
+            groups.entry(key).or_default().push((r, q));
+        }
+    }
+    drop(in_flight);
+    tracing::trace!(groups = groups.len(), ?next_due, "dispatch round");
+    for (key, members) in groups {
+        let shared = shared.clone();
+        let span = tracing::info_span!(
+            "item",
+            repository = %key.repository,
+            reference = %key.reference,
+            regions = members.len()
+        );
+        tasks.spawn(
+            async move {
+                run_group(&shared, &key, members).await;
+                shared.wake.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+    next_due
+}
+
+async fn run_group(shared: &Shared, key: &GroupKey, members: Vec<(RegionId, Queued)>) {
+    let regions: Vec<RegionId> = members.iter().map(|(r, _)| *r).collect();
+    let digest = members[0].1.item.digest.clone();
+    let mut outcomes: BTreeMap<RegionId, Outcome> = BTreeMap::new();
+    match key.action {
+        Action::Copy if key.reference == key.digest => {
+            for (r, res) in shared
+                .engine
+                .copy_manifest_to(&key.repository, &digest, &regions)
+                .await
+            {
+                outcomes.insert(r, res.map_or_else(Outcome::Failed, |()| Outcome::Done));
+            }
+        }
+        Action::Copy => {
+            let job = ImageJob {
+                repository: key.repository.clone(),
+                digest: digest.clone(),
+                tags: vec![key.reference.clone()],
+            };
+            for o in shared.engine.copy_image_to(&job, &regions).await {
+                outcomes.insert(o.region, o.failure.map_or(Outcome::Done, Outcome::Failed));
+            }
+        }
+        Action::Delete => {
+            let deletes = regions.iter().map(|&r| async move {
+                (r, delete(shared, r, &key.repository, &key.reference).await)
+            });
+            outcomes.extend(futures::future::join_all(deletes).await);
+        }
+    }
+    for (r, q) in members {
+        let outcome = outcomes.remove(&r).unwrap_or_else(|| {
+            Outcome::Failed(Cause {
+                kind: CauseKind::Transient,
+                message: "the copy gave no answer for this region".to_owned(),
+            })
+        });
+        record(shared, r, &q, outcome);
+        shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(r, q.repository.clone(), q.reference.clone()));
+    }
+}
+
+/// Deletes `repository@reference` (a digest, or a tag) in region `r`,
+/// within the hourly cap; a dry run only says what it would do.
+async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str) -> Outcome {
+    let region = &shared.engine.regions()[r];
+    let sep = if reference.contains(':') { "@" } else { ":" };
+    if shared.config.daemon.deletes_dry_run {
+        tracing::info!(
+            region = %region.name(),
+            "dry run: would delete {repository}{sep}{reference} (deleted on the primary)"
+        );
+        return Outcome::Done;
+    }
+    // The cap counts manifests (content) deleted; removing a tag alone
+    // deletes no content and is not capped.
+    if sep == "@"
+        && let Err(wait) = shared.deletes.take(r)
+    {
+        return Outcome::Deferred(
+            wait,
+            format!(
+                "delete cap reached ({} per hour in region {})",
+                shared.config.daemon.max_deletes_per_hour,
+                region.name()
+            ),
+        );
+    }
+    match region.delete_manifest(repository, reference).await {
+        Ok(found) => {
+            let store = shared.store();
+            let forgotten = match reference.parse::<crate::digest::Digest>() {
+                Ok(d) => store.forget_manifest_and_tags(r, repository, &d),
+                Err(_) => store.forget_manifest(r, repository, reference),
+            };
+            if let Err(e) = forgotten {
+                tracing::warn!("recording a delete failed: {e:#}");
+            }
+            if found {
+                shared.metrics.regions[r]
+                    .deletes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(region = %region.name(), "deleted {repository}{sep}{reference}");
+            }
+            Outcome::Done
+        }
+        // Registry 2.8 cannot delete a tag alone; it removed the tag with
+        // the manifest (the event before this one), so there is nothing
+        // left to do.
+        Err(e)
+            if sep == ":"
+                && matches!(
+                    e.status(),
+                    Some(
+                        reqwest::StatusCode::BAD_REQUEST | reqwest::StatusCode::METHOD_NOT_ALLOWED
+                    )
+                ) =>
+        {
+            tracing::debug!(region = %region.name(), "the region cannot delete a tag alone: {e:#}");
+            Outcome::Done
+        }
+        Err(e) => Outcome::Failed(Cause::of(
+            format_args!("deleting {repository}{sep}{reference}"),
+            &e,
+        )),
+    }
+}
+
+/// Records what became of item `q` in region `r`: removed from the queue
+/// when done, else rescheduled or parked with its reason.
+fn record(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
+    record_outcome(shared, r, q, outcome);
+    // The dispatcher reads this key again: finished, waiting, or changed.
+    shared.hints.touch(r, &q.repository, &q.reference);
+}
+
+fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
+    let store = shared.store();
+    let region = shared.engine.regions()[r].name();
+    let m = &shared.metrics.regions[r];
+    let what = format!(
+        "{}{}{}",
+        q.repository,
+        if q.reference.contains(':') { "@" } else { ":" },
+        q.reference
+    );
+    match outcome {
+        Outcome::Done
+        | Outcome::Failed(Cause {
+            kind: CauseKind::Gone,
+            ..
+        }) => {
+            if let Outcome::Failed(c) = &outcome {
+                tracing::info!(%region, "dropped {what}: {c}");
+            }
+            m.items_done
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            open_gate(shared, r);
+            // One lock for finishing and the all-regions check, so exactly
+            // one region's completion announces the image complete.
+            let _one = shared.completion.lock().unwrap_or_else(|e| e.into_inner());
+            let removed = match store.finish_item(r, q) {
+                Ok(removed) => removed,
+                Err(e) => {
+                    tracing::warn!(%region, "recording {what} as done failed (it will be checked again): {e:#}");
+                    false
+                }
+            };
+            let _ = store.record_outcome(r, None);
+            if !removed || !matches!(outcome, Outcome::Done) || q.item.origin != Origin::Event {
+                return;
+            }
+            let latency = latency_secs(q.item.event_ns);
+            m.latency.observe(latency);
+            shared
+                .notifier
+                .send(Notification::replicated(shared, r, q, latency));
+            let complete = (0..shared.config.regions.len())
+                .all(|x| !store.has_item(x, &q.repository, &q.reference));
+            if complete {
+                shared.metrics.complete_latency.observe(latency);
+                shared
+                    .notifier
+                    .send(Notification::complete(shared, q, latency));
+                tracing::info!(
+                    latency_ms = (latency * 1000.0) as u64,
+                    "{what} complete in every region"
+                );
+            }
+        }
+        Outcome::Deferred(wait, why) => {
+            let item = WorkItem {
+                not_before_ms: now_unix_ms() + wait.as_millis() as u64,
+                last_error: Some(why.clone()),
+                ..q.item.clone()
+            };
+            if q.item.last_error.as_deref() != Some(why.as_str()) {
+                tracing::warn!(%region, wait_secs = wait.as_secs(), "{what}: {why}; waiting");
+                let _ = store.record_outcome(r, Some(&format!("{what}: {why}")));
+            }
+            let _ = store.update_item(r, q, &item);
+        }
+        Outcome::Failed(cause) if cause.kind == CauseKind::Unreachable => {
+            // An outage, not this item's fault: the item stays as it is,
+            // the region waits, and a few items probe it later.
+            m.error(cause.kind);
+            let mut gate = shared.gates[r].lock().unwrap_or_else(|e| e.into_inner());
+            gate.failures = gate.failures.saturating_add(1);
+            let delay = retry_backoff(shared).delay(gate.failures, None);
+            gate.until_ms = now_unix_ms() + delay.as_millis() as u64;
+            if gate.failures == 1 {
+                tracing::warn!(%region, "region unreachable; its queue waits (it keeps its backlog): {cause}");
+            } else {
+                tracing::debug!(%region, failures = gate.failures, retry_in_ms = delay.as_millis() as u64, "region still unreachable: {cause}");
+            }
+            drop(gate);
+            let _ = store.record_outcome(r, Some(&cause.message));
+        }
+        Outcome::Failed(cause) => {
+            m.error(cause.kind);
+            let attempts = q.item.attempts.saturating_add(1);
+            let park = match cause.kind {
+                CauseKind::Permanent => true,
+                CauseKind::Transient => attempts >= shared.config.daemon.park_after_attempts,
+                CauseKind::Unreachable | CauseKind::Gone => false,
+            };
+            let delay = retry_backoff(shared).delay(attempts, None);
+            let item = WorkItem {
+                attempts,
+                not_before_ms: now_unix_ms() + delay.as_millis() as u64,
+                last_error: Some(cause.message.clone()),
+                parked: park,
+                ..q.item.clone()
+            };
+            if park {
+                tracing::warn!(%region, attempts, "parked {what} until the next reconcile: {cause}");
+            } else {
+                tracing::info!(%region, attempts, retry_in_ms = delay.as_millis() as u64, "{what} failed, will retry: {cause}");
+            }
+            let _ = store.record_outcome(r, Some(&cause.message));
+            if let Err(e) = store.update_item(r, q, &item) {
+                tracing::warn!(%region, "recording the failure of {what} failed: {e:#}");
+            }
+        }
+    }
+}
+
+fn retry_backoff(shared: &Shared) -> Backoff {
+    Backoff {
+        base: RETRY_BASE,
+        max: shared.config.daemon.retry_max,
+        max_attempts: u32::MAX,
+    }
+}
+
+/// Region `r` answered: lift its gate.
+fn open_gate(shared: &Shared, r: RegionId) {
+    let mut gate = shared.gates[r].lock().unwrap_or_else(|e| e.into_inner());
+    if gate.failures > 0 {
+        tracing::info!(region = %shared.engine.regions()[r].name(), "region reachable again; catching up");
+        *gate = Gate::default();
+    }
+}
+
+/// Seconds from the primary's event time to now (0 if the clocks disagree).
+fn latency_secs(event_ns: u64) -> f64 {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    now_ns.saturating_sub(event_ns) as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_budget_caps_per_region() {
+        let b = DeleteBudget::new(2, 2);
+        assert!(b.take(0).is_ok());
+        assert!(b.take(0).is_ok());
+        let wait = b.take(0).unwrap_err();
+        assert!(wait > Duration::from_secs(3590));
+        assert!(b.take(1).is_ok());
+    }
+}

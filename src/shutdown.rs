@@ -1,0 +1,63 @@
+//! Shutdown: SIGINT or SIGTERM (or a test's own trigger) flips one shared
+//! flag; every long-running task watches it, stops taking new work, and the
+//! daemon drains what is in flight under a grace period.
+
+use tokio::sync::watch;
+
+/// The trigger side: one per daemon.
+#[derive(Debug)]
+pub struct Trigger(watch::Sender<bool>);
+
+/// The listening side: cheap to clone, one per task.
+#[derive(Clone, Debug)]
+pub struct Signal(watch::Receiver<bool>);
+
+pub fn channel() -> (Trigger, Signal) {
+    let (tx, rx) = watch::channel(false);
+    (Trigger(tx), Signal(rx))
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        // Receivers may all be gone already; nothing to tell then.
+        let _ = self.0.send(true);
+    }
+}
+
+impl Signal {
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once shutdown has begun (at once if it has).
+    pub async fn wait(&mut self) {
+        // An error means the trigger was dropped: treat that as shutdown.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn os_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

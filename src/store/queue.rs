@@ -1,0 +1,437 @@
+//! The daemon's durable work: accepted events, the newest change seen per
+//! reference, and one queue of work items per region.
+//!
+//! | tree | key | value (JSON) |
+//! |---|---|---|
+//! | `events` | event id | when it was accepted (unix ms) |
+//! | `latest` | `repo \0 reference` | primary time of the newest change accepted (unix ns) |
+//! | `queue/<region>` | `repo \0 reference` | [`WorkItem`] |
+//!
+//! A reference is a tag, or a digest for content pushed without one.
+//! Accepting an event writes its id and its items in one transaction, and
+//! the caller flushes before answering: an event that got a 2xx is on disk
+//! (DESIGN invariant 5). Work on the same (region, repository, reference)
+//! coalesces into one item carrying the newest digest; a change older than
+//! one already accepted for that reference is dropped, so events that
+//! arrive out of order cannot move a tag back.
+//!
+//! An item leaves its queue only through [`Store::finish_item`], which
+//! removes it if it is still the version that was copied: a newer change
+//! that arrived meanwhile stays queued.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::{RegionId, Store, StoreError, decode, encode, key, now_unix_ms, split_key};
+use crate::digest::Digest;
+
+/// What a work item asks of its region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Make the region hold `digest` under the reference.
+    Copy,
+    /// Delete manifest `digest` from the region.
+    Delete,
+}
+
+/// Where a change came from; fresh pushes go ahead of backfill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A registry notification.
+    Event,
+    /// A full reconcile against the primary's listing.
+    Reconcile,
+}
+
+/// One region's pending work on one (repository, reference).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub action: Action,
+    pub digest: Digest,
+    #[serde(default)]
+    pub media_type: Option<String>,
+    /// Size of the manifest, when the event said.
+    #[serde(default)]
+    pub size: Option<u64>,
+    pub origin: Origin,
+    /// The primary's time of the change (unix ns), 0 when unknown.
+    pub event_ns: u64,
+    /// When georep accepted the oldest change folded into this item that
+    /// is not done yet (unix ms): the region's lag.
+    pub since_ms: u64,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not tried again before this time (unix ms).
+    #[serde(default)]
+    pub not_before_ms: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Given up on until the next reconcile.
+    #[serde(default)]
+    pub parked: bool,
+}
+
+impl WorkItem {
+    /// A new item: ready now, never tried.
+    pub fn new(
+        action: Action,
+        digest: Digest,
+        origin: Origin,
+        event_ns: u64,
+        since_ms: u64,
+    ) -> Self {
+        WorkItem {
+            action,
+            digest,
+            media_type: None,
+            size: None,
+            origin,
+            event_ns,
+            since_ms,
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+            parked: false,
+        }
+    }
+}
+
+/// One change to queue, for every region or some.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub repository: String,
+    pub reference: String,
+    pub item: WorkItem,
+    /// Only these regions (a reconcile found only them behind); `None`: all.
+    pub regions: Option<Vec<RegionId>>,
+}
+
+/// What accepting an event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// New: its changes are queued.
+    Queued,
+    /// This event id was accepted before.
+    Duplicate,
+    /// Every change was older than one already accepted.
+    Stale,
+}
+
+/// A queued item as read, with the bytes it was read as (what
+/// [`Store::finish_item`] compares against).
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub repository: String,
+    pub reference: String,
+    pub item: WorkItem,
+    raw: Vec<u8>,
+}
+
+impl Store {
+    /// Records event `id` (if any) and queues `changes` for every region,
+    /// atomically. Not durable until [`Store::flush`].
+    pub fn accept(&self, id: Option<&str>, changes: &[Change]) -> Result<Accepted, StoreError> {
+        let mut trees: Vec<&sled::Tree> = vec![&self.events, &self.latest];
+        trees.extend(self.regions.iter().map(|r| &r.queue));
+        let now = now_unix_ms();
+        let result = trees.as_slice().transaction(|t| {
+            if let Some(id) = id {
+                if t[0].get(id.as_bytes())?.is_some() {
+                    return Ok(Accepted::Duplicate);
+                }
+                t[0].insert(id.as_bytes(), encode(&now))?;
+            }
+            let mut queued = false;
+            for c in changes {
+                let k = key(&c.repository, &c.reference);
+                if c.item.origin == Origin::Event {
+                    let newest = t[1].get(&k)?.and_then(|v| decode::<u64>(&v));
+                    if newest.is_some_and(|n| n > c.item.event_ns) {
+                        continue;
+                    }
+                    t[1].insert(k.clone(), encode(&c.item.event_ns))?;
+                }
+                for (r, q) in t[2..].iter().enumerate() {
+                    if c.regions.as_ref().is_some_and(|only| !only.contains(&r)) {
+                        continue;
+                    }
+                    let old = q.get(&k)?.and_then(|v| decode::<WorkItem>(&v));
+                    let merged = match old {
+                        None => c.item.clone(),
+                        // A reconcile does not override pending work that
+                        // came from an event, nor older work it only
+                        // re-discovered: it only wakes parked items.
+                        Some(o) if c.item.origin == Origin::Reconcile => {
+                            if !o.parked && o.digest == c.item.digest {
+                                continue;
+                            }
+                            if o.origin == Origin::Event && o.digest != c.item.digest && !o.parked {
+                                continue;
+                            }
+                            WorkItem {
+                                since_ms: o.since_ms.min(c.item.since_ms),
+                                ..c.item.clone()
+                            }
+                        }
+                        Some(o) => WorkItem {
+                            since_ms: o.since_ms.min(c.item.since_ms),
+                            origin: o.origin.min(c.item.origin),
+                            ..c.item.clone()
+                        },
+                    };
+                    q.insert(k.clone(), encode(&merged))?;
+                    queued = true;
+                }
+            }
+            Ok::<_, ConflictableTransactionError<()>>(if queued || changes.is_empty() {
+                Accepted::Queued
+            } else {
+                Accepted::Stale
+            })
+        });
+        result.map_err(|e| match e {
+            TransactionError::Storage(e) => self.io(e),
+            TransactionError::Abort(()) => self.io(sled::Error::ReportableBug(
+                "queue transaction aborted".to_owned(),
+            )),
+        })
+    }
+
+    /// Region `r`'s queue, in key order, at most `limit` items.
+    pub fn queued(&self, r: RegionId, limit: usize) -> Vec<Queued> {
+        self.regions[r]
+            .queue
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let (repository, reference) = split_key(&k)?;
+                let item = decode::<WorkItem>(&v)?;
+                Some(Queued {
+                    repository,
+                    reference,
+                    item,
+                    raw: v.to_vec(),
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// Region `r`'s item on `repository:reference`, if queued.
+    pub fn queued_item(&self, r: RegionId, repository: &str, reference: &str) -> Option<Queued> {
+        let v = self.regions[r]
+            .queue
+            .get(key(repository, reference))
+            .ok()
+            .flatten()?;
+        Some(Queued {
+            repository: repository.to_owned(),
+            reference: reference.to_owned(),
+            item: decode(&v)?,
+            raw: v.to_vec(),
+        })
+    }
+
+    /// Whether region `r` has work queued on `repository:reference`.
+    pub fn has_item(&self, r: RegionId, repository: &str, reference: &str) -> bool {
+        self.regions[r]
+            .queue
+            .contains_key(key(repository, reference))
+            .unwrap_or(false)
+    }
+
+    /// How many items region `r` has queued (parked included).
+    pub fn queue_len(&self, r: RegionId) -> usize {
+        self.regions[r].queue.len()
+    }
+
+    /// Removes `done` from region `r`'s queue unless it changed since it
+    /// was read. Returns whether it was removed.
+    pub fn finish_item(&self, r: RegionId, done: &Queued) -> Result<bool, StoreError> {
+        self.replace_item(r, done, None)
+    }
+
+    /// Replaces `old` with `new` (a retry time, an error, parked) unless a
+    /// newer change replaced it meanwhile.
+    pub fn update_item(
+        &self,
+        r: RegionId,
+        old: &Queued,
+        new: &WorkItem,
+    ) -> Result<bool, StoreError> {
+        self.replace_item(r, old, Some(encode(new)))
+    }
+
+    fn replace_item(
+        &self,
+        r: RegionId,
+        old: &Queued,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let k = key(&old.repository, &old.reference);
+        let swapped = self.regions[r]
+            .queue
+            .compare_and_swap(k, Some(old.raw.as_slice()), new)
+            .map_err(|e| self.io(e))?;
+        Ok(swapped.is_ok())
+    }
+
+    /// Makes every parked item of every region ready again.
+    pub fn unpark_all(&self) -> Result<usize, StoreError> {
+        self.make_ready(|i| i.parked, 0)
+    }
+
+    /// Makes every waiting (not parked) item ready now, keeping its count
+    /// of attempts: for a daemon that starts over.
+    pub fn retry_all_now(&self) -> Result<usize, StoreError> {
+        self.make_ready(|i| !i.parked && i.not_before_ms > 0, u32::MAX)
+    }
+
+    /// Items matching `which` become ready now; `attempts` is set to the
+    /// smaller of itself and `cap`.
+    fn make_ready(&self, which: impl Fn(&WorkItem) -> bool, cap: u32) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for r in 0..self.regions.len() {
+            for q in self.queued(r, usize::MAX) {
+                if which(&q.item) {
+                    let item = WorkItem {
+                        parked: false,
+                        attempts: q.item.attempts.min(cap),
+                        not_before_ms: 0,
+                        ..q.item.clone()
+                    };
+                    if self.update_item(r, &q, &item)? {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Forgets event ids accepted before `before_ms`: the registry does not
+    /// redeliver that late.
+    pub fn prune_events(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for entry in self.events.iter() {
+            let (k, v) = entry.map_err(|e| self.io(e))?;
+            if decode::<u64>(&v).is_none_or(|at| at < before_ms) {
+                self.events.remove(k).map_err(|e| self.io(e))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Records an outcome of the daemon's work in region `r`.
+    pub fn record_outcome(&self, r: RegionId, error: Option<&str>) -> Result<(), StoreError> {
+        self.record_status(r, error, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            &[
+                ("a".into(), "http://a".into()),
+                ("b".into(), "http://b".into()),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn change(tag: &str, digest: char, ns: u64, origin: Origin) -> Change {
+        Change {
+            repository: "app".into(),
+            reference: tag.into(),
+            item: WorkItem::new(
+                Action::Copy,
+                format!("sha256:{}", digest.to_string().repeat(64))
+                    .parse()
+                    .unwrap(),
+                origin,
+                ns,
+                ns,
+            ),
+            regions: None,
+        }
+    }
+
+    #[test]
+    fn events_are_once_newest_wins_and_coalesce() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let e = Origin::Event;
+        assert_eq!(
+            s.accept(Some("1"), &[change("v1", 'a', 10, e)]).unwrap(),
+            Accepted::Queued
+        );
+        assert_eq!(
+            s.accept(Some("1"), &[change("v1", 'a', 10, e)]).unwrap(),
+            Accepted::Duplicate
+        );
+        // Newer push of the same tag: one item, newest digest, oldest lag.
+        assert_eq!(
+            s.accept(Some("2"), &[change("v1", 'b', 20, e)]).unwrap(),
+            Accepted::Queued
+        );
+        // An older event arriving late changes nothing.
+        assert_eq!(
+            s.accept(Some("3"), &[change("v1", 'c', 15, e)]).unwrap(),
+            Accepted::Stale
+        );
+        for r in 0..2 {
+            let q = s.queued(r, 10);
+            assert_eq!(q.len(), 1);
+            assert!(q[0].item.digest.as_str().ends_with('b'));
+            assert_eq!(q[0].item.since_ms, 10);
+        }
+    }
+
+    #[test]
+    fn finishing_keeps_a_newer_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.accept(Some("1"), &[change("v1", 'a', 10, Origin::Event)])
+            .unwrap();
+        let read = s.queued(0, 10).remove(0);
+        s.accept(Some("2"), &[change("v1", 'b', 20, Origin::Event)])
+            .unwrap();
+        assert!(!s.finish_item(0, &read).unwrap());
+        assert_eq!(s.queue_len(0), 1);
+        let read = s.queued(0, 10).remove(0);
+        assert!(s.finish_item(0, &read).unwrap());
+        assert_eq!(s.queue_len(0), 0);
+        assert_eq!(s.queue_len(1), 1);
+    }
+
+    #[test]
+    fn reconcile_wakes_parked_and_leaves_event_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.accept(Some("1"), &[change("v1", 'a', 10, Origin::Event)])
+            .unwrap();
+        let read = s.queued(0, 10).remove(0);
+        let parked = WorkItem {
+            parked: true,
+            attempts: 3,
+            ..read.item.clone()
+        };
+        assert!(s.update_item(0, &read, &parked).unwrap());
+        assert_eq!(s.unpark_all().unwrap(), 1);
+        let q = s.queued(0, 10).remove(0);
+        assert!(!q.item.parked);
+        assert_eq!(q.item.attempts, 0);
+        // A listing that saw another digest does not override pending
+        // event work.
+        s.accept(None, &[change("v1", 'f', 5, Origin::Reconcile)])
+            .unwrap();
+        assert!(s.queued(1, 10)[0].item.digest.as_str().ends_with('a'));
+    }
+}

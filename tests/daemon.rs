@@ -1,0 +1,560 @@
+//! `georep run` against real registries: the primary posts its real
+//! notifications to the daemon, which replicates into real replicas.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::daemon::{DaemonProc, EVENTS, metric, push_event};
+use common::*;
+use georep::corpus::push_image;
+use georep::localreg::{LocalNotify, LocalOptions, free_port};
+use georep::registry::Scope;
+
+/// A cluster whose primary notifies a daemon on `port` (with `auth` as
+/// the Authorization header, if any).
+async fn notifying_cluster(regions: usize, port: u16, auth: Option<&str>) -> Cluster {
+    Cluster::start_with(
+        regions,
+        LocalOptions {
+            notify: Some(LocalNotify {
+                url: format!("http://127.0.0.1:{port}/v1/notifications"),
+                authorization: auth.map(str::to_owned),
+            }),
+            ..LocalOptions::default()
+        },
+        |_| LocalOptions::default(),
+    )
+    .await
+}
+
+fn daemon_yaml(port: u16, extra: &str) -> String {
+    format!("listen: 127.0.0.1:{port}\nretry_max_secs: 2\nshutdown_grace_secs: 10\n{extra}")
+}
+
+async fn region_has(url: &str, repo: &str, tag: &str, digest: &georep::digest::Digest) -> bool {
+    matches!(
+        client(url).head_manifest(repo, tag, &Scope::pull(repo)).await,
+        Ok(Some(h)) if h.digest == *digest
+    )
+}
+
+/// Outgoing notifications received by a test endpoint.
+async fn notification_sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let got = got.clone();
+            move |axum::Json(v): axum::Json<serde_json::Value>| {
+                let got = got.clone();
+                async move {
+                    got.lock().unwrap().push(v);
+                    "ok"
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_reach_every_region_through_notifications() {
+    let port = free_port().unwrap();
+    let cluster = notifying_cluster(2, port, None).await;
+    let (hook, received) = notification_sink().await;
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(
+            port,
+            &format!("poll_interval_secs: 3600\nnotify:\n  - url: {hook}\n    events: [replicated, complete]\n"),
+        ),
+    );
+    let daemon = DaemonProc::start(&config, port, &[]).await;
+
+    // Every shape of image (indexes, children by digest, shared layers,
+    // artifacts), pushed through the registry API: each push notifies.
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(41)).await;
+    for url in cluster.replica_urls() {
+        let primary = cluster.primary.url();
+        wait_for(
+            "the corpus in a region",
+            Duration::from_secs(90),
+            async || verify_region(&primary, &url, &corpus).await.is_ok(),
+        )
+        .await;
+    }
+    // A tag pushed five times in a row ends at its last digest everywhere.
+    let primary = client(&cluster.primary.url());
+    let mut last = None;
+    for seed in 0..5 {
+        last = Some(
+            push_image(&primary, "burst/app", "latest", 64 * 1024, 500 + seed)
+                .await
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    for url in cluster.replica_urls() {
+        wait_for("the last burst push", Duration::from_secs(30), async || {
+            region_has(&url, "burst/app", "latest", &last.digest).await
+        })
+        .await;
+    }
+    let raw = skopeo_raw(&format!("{}/burst/app:latest", cluster.replicas[1].host()))
+        .await
+        .unwrap();
+    assert_eq!(raw, last.bytes.to_vec(), "skopeo sees the primary's bytes");
+
+    // Nothing came from polling: one reconcile at start, none since.
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        metric(&metrics, "georep_reconciles_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "georep_events_total{result=\"queued\"}").unwrap() > 10.0);
+    assert!(
+        metric(&metrics, "georep_events_total{result=\"ignored\"}").unwrap() > 10.0,
+        "blob pushes are ignored"
+    );
+    assert!(metric(&metrics, "georep_bytes_copied_total{region=\"eastus\"}").unwrap() > 0.0);
+    assert!(
+        metric(
+            &metrics,
+            "georep_replication_complete_latency_seconds_count"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let status = daemon.status().await;
+    wait_for("empty queues", Duration::from_secs(10), async || {
+        let s = daemon.status().await;
+        s["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["lag_items"] == 0)
+    })
+    .await;
+    assert_eq!(status["regions"][0]["name"], "eastus");
+
+    // The gate: in every region now; an image that never comes times out.
+    let cfg = config.to_str().unwrap();
+    let out = georep(
+        &[
+            "wait",
+            "--config",
+            cfg,
+            "burst/app:latest",
+            "--timeout",
+            "10s",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let out = georep(
+        &[
+            "wait",
+            "--config",
+            cfg,
+            "burst/app:never",
+            "--timeout",
+            "1s",
+            "--interval",
+            "200ms",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not there yet"));
+
+    // Outgoing notifications: one `complete` for the last burst push, with
+    // both regions, and `replicated` per region.
+    wait_for(
+        "outgoing notifications",
+        Duration::from_secs(10),
+        async || {
+            received.lock().unwrap().iter().any(|n| {
+                n["event"] == "complete"
+                    && n["repository"] == "burst/app"
+                    && n["digest"] == last.digest.as_str()
+            })
+        },
+    )
+    .await;
+    let got = received.lock().unwrap().clone();
+    let complete = got
+        .iter()
+        .find(|n| n["event"] == "complete" && n["digest"] == last.digest.as_str())
+        .unwrap();
+    assert_eq!(
+        complete["regions"],
+        serde_json::json!(["eastus", "japaneast"])
+    );
+    assert_eq!(complete["tag"], "latest");
+    assert!(
+        got.iter()
+            .any(|n| n["event"] == "replicated" && n["region"] == "japaneast")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_event_survives_kill_9() {
+    let port = free_port().unwrap();
+    let mut cluster = Cluster::start(2).await;
+    // No polling at all: only the durable queue can bring the image over.
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(port, "poll_interval_secs: 0\n"),
+    );
+    let m = push_image(
+        &client(&cluster.primary.url()),
+        "durable/app",
+        "v1",
+        256 * 1024,
+        7,
+    )
+    .await
+    .unwrap();
+    // Regions down: the daemon cannot finish before it is killed.
+    for r in &mut cluster.replicas {
+        r.stop().await;
+    }
+    let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    let event = push_event(
+        "evt-1",
+        "2026-11-26T10:00:00.000000001Z",
+        "durable/app",
+        "v1",
+        m.digest.as_str(),
+        m.bytes.len(),
+    );
+    let (status, body) = daemon.post(event.clone(), EVENTS, None).await;
+    assert_eq!(status, 200, "{body}");
+    daemon.kill9().await;
+
+    for r in &mut cluster.replicas {
+        r.restart().await.unwrap();
+    }
+    let daemon = DaemonProc::start(&config, port, &[]).await;
+    for url in cluster.replica_urls() {
+        wait_for(
+            "the acknowledged image",
+            Duration::from_secs(60),
+            async || region_has(&url, "durable/app", "v1", &m.digest).await,
+        )
+        .await;
+    }
+    // The registry redelivering the same event changes nothing.
+    let (status, body) = daemon.post(event, EVENTS, None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"duplicate\":1"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_region_catches_up_without_delaying_the_others() {
+    let port = free_port().unwrap();
+    let mut cluster = notifying_cluster(3, port, None).await;
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(port, "poll_interval_secs: 3600\n"),
+    );
+    let daemon = DaemonProc::start(&config, port, &[]).await;
+    cluster.replicas[2].stop().await;
+
+    let started = Instant::now();
+    let m = push_image(
+        &client(&cluster.primary.url()),
+        "outage/app",
+        "v1",
+        1 << 20,
+        9,
+    )
+    .await
+    .unwrap();
+    let urls = cluster.replica_urls();
+    for url in &urls[..2] {
+        wait_for(
+            "the image in a live region",
+            Duration::from_secs(10),
+            async || region_has(url, "outage/app", "v1", &m.digest).await,
+        )
+        .await;
+    }
+    let live_secs = started.elapsed().as_secs_f64();
+    eprintln!("live regions complete {live_secs:.2}s after the push");
+
+    // The stopped region keeps its backlog, visibly.
+    let status = daemon.status().await;
+    let down = &status["regions"][2];
+    assert_eq!(down["name"], "brazilsouth");
+    assert_eq!(down["lag_items"], 1, "{status}");
+    wait_for(
+        "the outage in the status",
+        Duration::from_secs(10),
+        async || daemon.status().await["regions"][2]["last_error"].is_string(),
+    )
+    .await;
+
+    cluster.replicas[2].restart().await.unwrap();
+    wait_for(
+        "the stopped region to catch up",
+        Duration::from_secs(90),
+        async || region_has(&urls[2], "outage/app", "v1", &m.digest).await,
+    )
+    .await;
+    assert_eq!(daemon.status().await["regions"][2]["lag_items"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_refuses_bad_input_and_credentials() {
+    let port = free_port().unwrap();
+    let cluster = Cluster::start(1).await;
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(
+            port,
+            "poll_interval_secs: 0\nwebhook:\n  max_body_bytes: 4096\n  auth:\n    bearer_token_env: HOOK_TOKEN\n",
+        ),
+    );
+    let daemon = DaemonProc::start(&config, port, &[("HOOK_TOKEN", "t0ken")]).await;
+    let ok = Some("Bearer t0ken");
+    let m1 = push_image(&client(&cluster.primary.url()), "order/app", "v1", 4096, 1)
+        .await
+        .unwrap();
+    let m2 = push_image(&client(&cluster.primary.url()), "order/app", "v1", 4096, 2)
+        .await
+        .unwrap();
+    let newer = push_event(
+        "n",
+        "2026-11-26T10:00:02Z",
+        "order/app",
+        "v1",
+        m2.digest.as_str(),
+        m2.bytes.len(),
+    );
+    let older = push_event(
+        "o",
+        "2026-11-26T10:00:01Z",
+        "order/app",
+        "v1",
+        m1.digest.as_str(),
+        m1.bytes.len(),
+    );
+
+    assert_eq!(daemon.post(newer.clone(), EVENTS, None).await.0, 401);
+    assert_eq!(
+        daemon
+            .post(newer.clone(), EVENTS, Some("Bearer t0ke"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        daemon
+            .post(newer.clone(), EVENTS, Some("Basic dDA6a2Vu"))
+            .await
+            .0,
+        401
+    );
+    let (s, body) = daemon.post(newer.clone(), "text/plain", ok).await;
+    assert_eq!((s, body.contains("content type")), (400, true), "{body}");
+    let (s, body) = daemon.post("{\"events\": [", EVENTS, ok).await;
+    assert_eq!(s, 400);
+    assert!(body.contains("not a notification envelope"), "{body}");
+    let (s, _) = daemon.post(vec![b'x'; 10_000], EVENTS, ok).await;
+    assert_eq!(s, 413);
+    // A streamed body without Content-Length is cut at the limit too.
+    let stream = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
+    let (s, _) = daemon
+        .post(reqwest::Body::wrap_stream(stream), EVENTS, ok)
+        .await;
+    assert_eq!(s, 413);
+    for junk in [
+        &b"\xff\xfe\x00"[..],
+        b"null",
+        b"{\"events\":null}",
+        b"{\"events\":[1,2]}",
+        b"[[[[[[[[[[[[[[[[[[[[",
+    ] {
+        let (s, _) = daemon.post(junk.to_vec(), EVENTS, ok).await;
+        assert_eq!(s, 400, "{junk:?}");
+    }
+    // Valid JSON, hostile names: accepted (so the registry does not retry
+    // forever) but rejected one by one, never used.
+    let hostile = push_event(
+        "h",
+        "2026-11-26T10:00:00Z",
+        "../../etc",
+        "v1",
+        m1.digest.as_str(),
+        10,
+    );
+    let (s, body) = daemon.post(hostile, EVENTS, ok).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("\"rejected\":1"), "{body}");
+
+    // Out of order: the newer push first, the older one after it.
+    let (s, body) = daemon.post(newer.clone(), EVENTS, ok).await;
+    assert_eq!((s, body.contains("\"queued\":1")), (200, true), "{body}");
+    let (s, body) = daemon.post(older, EVENTS, ok).await;
+    assert_eq!((s, body.contains("\"stale\":1")), (200, true), "{body}");
+    let (_, body) = daemon.post(newer, EVENTS, ok).await;
+    assert!(body.contains("\"duplicate\":1"), "{body}");
+    let url = cluster.replicas[0].url();
+    wait_for("the newer digest", Duration::from_secs(30), async || {
+        region_has(&url, "order/app", "v1", &m2.digest).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        region_has(&url, "order/app", "v1", &m2.digest).await,
+        "the older event moved the tag back"
+    );
+
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        metric(&metrics, "georep_webhook_unauthorized_total"),
+        Some(3.0)
+    );
+    assert_eq!(
+        reqwest::get(daemon.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(daemon.url("/readyz")).await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
+    let port = free_port().unwrap();
+    let cluster = notifying_cluster(1, port, None).await;
+    let yaml = |dry: bool| {
+        daemon_yaml(
+            port,
+            &format!(
+                "poll_interval_secs: 3600\ndeletes:\n  policy: propagate\n  max_per_hour: 1\n  dry_run: {dry}\n"
+            ),
+        )
+    };
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &yaml(false),
+    );
+    let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    let primary = client(&cluster.primary.url());
+    let a = push_image(&primary, "del/app", "a", 4096, 11)
+        .await
+        .unwrap();
+    let b = push_image(&primary, "del/app", "b", 4096, 12)
+        .await
+        .unwrap();
+    let region = cluster.replicas[0].url();
+    for (tag, m) in [("a", &a), ("b", &b)] {
+        wait_for("the image to delete", Duration::from_secs(30), async || {
+            region_has(&region, "del/app", tag, &m.digest).await
+        })
+        .await;
+    }
+    for m in [&a, &b] {
+        assert!(
+            primary
+                .delete_manifest("del/app", m.digest.as_str())
+                .await
+                .unwrap()
+        );
+    }
+    let reg = client(&region);
+    let gone = async |d: &georep::digest::Digest| {
+        matches!(
+            reg.head_manifest("del/app", d.as_str(), &Scope::pull("del/app"))
+                .await,
+            Ok(None)
+        )
+    };
+    wait_for(
+        "the first delete in the region",
+        Duration::from_secs(30),
+        async || gone(&a.digest).await || gone(&b.digest).await,
+    )
+    .await;
+    // The cap (1 per hour) holds the second delete back, visibly.
+    wait_for(
+        "the cap in the status",
+        Duration::from_secs(10),
+        async || {
+            daemon.status().await["regions"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("delete cap"))
+        },
+    )
+    .await;
+    assert!(
+        !(gone(&a.digest).await && gone(&b.digest).await),
+        "both deleted despite the cap"
+    );
+    assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
+
+    // Dry run: the pending delete is only logged.
+    let config = cluster.config(&cluster.primary.url(), &cluster.replica_urls(), &yaml(true));
+    let daemon = DaemonProc::start(&config, port, &[]).await;
+    wait_for(
+        "the dry-run log line",
+        Duration::from_secs(30),
+        async || daemon.log_text().contains("dry run: would delete"),
+    )
+    .await;
+    assert!(!(gone(&a.digest).await && gone(&b.digest).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_and_busy_port_fail_before_serving_and_sigterm_drains() {
+    let port = free_port().unwrap();
+    let cluster = Cluster::start(1).await;
+    let bad = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        "listen: nowhere\n",
+    );
+    let out = georep(&["run", "--config", bad.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("georep.yaml:") && err.contains("listen"),
+        "{err}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let busy = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(taken_port, ""),
+    );
+    let out = georep(&["run", "--config", busy.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(port, ""),
+    );
+    let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
+    assert!(daemon.log_text().contains("georep daemon stopped"));
+}
