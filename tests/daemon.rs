@@ -558,3 +558,52 @@ async fn bad_config_and_busy_port_fail_before_serving_and_sigterm_drains() {
     assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
     assert!(daemon.log_text().contains("georep daemon stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_cut_short_by_shutdown_resumes_at_the_next_start() {
+    let port = free_port().unwrap();
+    let cluster = notifying_cluster(2, port, None).await;
+    // No grace at all: whatever is in flight at SIGTERM is abandoned.
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &format!("listen: 127.0.0.1:{port}\npoll_interval_secs: 0\nshutdown_grace_secs: 0\n"),
+    );
+    let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    let m = push_image(
+        &client(&cluster.primary.url()),
+        "big/app",
+        "v1",
+        96 << 20,
+        3,
+    )
+    .await
+    .unwrap();
+    wait_for("the copy to start", Duration::from_secs(20), async || {
+        let s = daemon.status().await;
+        s["regions"][0]["in_flight"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert_eq!(daemon.terminate(Duration::from_secs(10)).await, Some(0));
+    let log = daemon.log_text();
+    assert!(log.contains("georep daemon stopped"), "{log}");
+    let urls = cluster.replica_urls();
+    let landed = futures::future::join_all(
+        urls.iter()
+            .map(|u| region_has(u, "big/app", "v1", &m.digest)),
+    )
+    .await;
+    assert!(
+        landed.contains(&false),
+        "the copy finished before the signal; nothing to resume"
+    );
+
+    // Polling is off: only the queue can finish the job.
+    let _daemon = DaemonProc::start(&config, port, &[]).await;
+    for url in &urls {
+        wait_for("the resumed copy", Duration::from_secs(60), async || {
+            region_has(url, "big/app", "v1", &m.digest).await
+        })
+        .await;
+    }
+}

@@ -162,6 +162,27 @@ impl Schedule {
         Some(q)
     }
 
+    /// Takes region `r`'s item on `repository:reference` out of the view
+    /// if it is ready and carries `digest`.
+    pub fn take(
+        &mut self,
+        r: RegionId,
+        repository: &str,
+        reference: &str,
+        digest: &str,
+    ) -> Option<Queued> {
+        let view = &mut self.regions[r];
+        let key = (repository.to_owned(), reference.to_owned());
+        let Some(Slot::Ready(p)) = view.index.get(&key).cloned() else {
+            return None;
+        };
+        if view.ready.get(&p)?.item.digest.as_str() != digest {
+            return None;
+        }
+        view.index.remove(&key);
+        view.ready.remove(&p)
+    }
+
     /// When the earliest waiting item of region `r` is due.
     pub fn next_due(&self, r: RegionId) -> Option<u64> {
         self.regions[r].waiting.first().map(|(due, _, _)| *due)

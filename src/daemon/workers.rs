@@ -192,6 +192,31 @@ fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<(
             groups.entry(key).or_default().push((r, q));
         }
     }
+    // Regions that have a group's item ready join it even without a free
+    // slot (up to twice their slots): one read serves them all, and
+    // regions that drifted apart (a retry, a late hint) fall back in step.
+    for (key, members) in groups.iter_mut() {
+        for r in 0..shared.config.regions.len() {
+            if members.iter().any(|(m, _)| *m == r)
+                || shared.gates[r]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .until_ms
+                    > now
+                || in_flight.keys().filter(|(x, _, _)| *x == r).count() >= 2 * slots
+                || in_flight.contains_key(&(r, key.repository.clone(), key.reference.clone()))
+            {
+                continue;
+            }
+            if let Some(q) = schedule.take(r, &key.repository, &key.reference, &key.digest) {
+                in_flight.insert(
+                    (r, q.repository.clone(), q.reference.clone()),
+                    Instant::now(),
+                );
+                members.push((r, q));
+            }
+        }
+    }
     drop(in_flight);
     tracing::trace!(groups = groups.len(), ?next_due, "dispatch round");
     for (key, members) in groups {
@@ -244,19 +269,20 @@ async fn run_group(shared: &Shared, key: &GroupKey, members: Vec<(RegionId, Queu
             outcomes.extend(futures::future::join_all(deletes).await);
         }
     }
-    for (r, q) in members {
-        let outcome = outcomes.remove(&r).unwrap_or_else(|| {
+    for (r, q) in &members {
+        let outcome = outcomes.remove(r).unwrap_or_else(|| {
             Outcome::Failed(Cause {
                 kind: CauseKind::Transient,
                 message: "the copy gave no answer for this region".to_owned(),
             })
         });
-        record(shared, r, &q, outcome);
-        shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(r, q.repository.clone(), q.reference.clone()));
+        record(shared, *r, q, outcome);
+    }
+    // Every member's slot frees at once, so the regions of this group pick
+    // their next items in the same dispatch round and copy them together.
+    let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    for (r, q) in &members {
+        in_flight.remove(&(*r, q.repository.clone(), q.reference.clone()));
     }
 }
 
