@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             Command::Sync(a) => commands::sync::run(a).await,
             Command::Run(a) => commands::run::run(a).await,
             Command::Wait(a) => commands::wait::run(a).await,
-            Command::Status(a) => commands::status::run(a),
+            Command::Status(a) => commands::status::run(a).await,
             Command::CheckConfig(a) => commands::check_config::run(a),
             Command::Demo(a) => commands::demo::run(a).await,
         }

@@ -146,6 +146,14 @@ async fn pushes_reach_every_region_through_notifications() {
 
     // The gate: in every region now; an image that never comes times out.
     let cfg = config.to_str().unwrap();
+    // `georep status` asks the daemon, which holds the store.
+    let out = georep(&["status", "--config", cfg], &[]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("from the running daemon") && text.contains("japaneast"),
+        "{text}"
+    );
     let out = georep(
         &[
             "wait",

@@ -1,5 +1,7 @@
 //! `georep status`: what each region has and how far behind it is, read
 //! from the state store alone (no registry is contacted, no daemon needed).
+//! While `georep run` holds the store, the same question goes to the
+//! daemon's `/v1/status` instead (its queues, lag and parked items).
 
 use std::process::ExitCode;
 
@@ -31,6 +33,8 @@ pub struct RegionState {
     pub last_success_at: Option<u64>,
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
+    /// Daemon work queued for the region (parked items included).
+    pub queued: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +64,7 @@ pub fn compute(config: &config::Config, store: &Store) -> Status {
                 last_success_at: s.last_success_at,
                 last_error: s.last_error,
                 last_error_at: s.last_error_at,
+                queued: store.queue_len(r),
             }
         })
         .collect();
@@ -120,6 +125,7 @@ pub fn render(status: &Status) -> String {
             "MISSING",
             "DIFFER",
             "BEHIND",
+            "QUEUED",
             "LAST PASS",
             "LAST SUCCESS",
             "LAST ERROR",
@@ -145,12 +151,16 @@ pub fn render(status: &Status) -> String {
             r.tags_missing.to_string(),
             r.tags_differ.to_string(),
             ago(r.behind_since),
+            r.queued.to_string(),
             when(r.last_pass_at),
             when(r.last_success_at),
             error,
         ]);
     }
-    let mut out = table(&rows, &[false, true, true, true, true, false, false, false]);
+    let mut out = table(
+        &rows,
+        &[false, true, true, true, true, true, false, false, false],
+    );
     out.push_str(&format!(
         "primary {}; state store {}\n",
         status.primary, status.store
@@ -158,7 +168,71 @@ pub fn render(status: &Status) -> String {
     out
 }
 
-pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+/// The daemon's own status, for when it holds the store.
+async fn from_daemon(
+    config: &config::Config,
+    json: bool,
+    busy: crate::store::StoreError,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let listen: std::net::SocketAddr = config.daemon.listen.parse()?;
+    let host = if listen.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    let url = format!("http://{host}/v1/status");
+    let view: serde_json::Value = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("{busy}; no daemon answered at {url} either"))?
+        .json()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    let regions = view["regions"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        let mut rows = vec![
+            [
+                "REGION",
+                "LAG ITEMS",
+                "LAG",
+                "IN FLIGHT",
+                "PARKED",
+                "LAST SUCCESS",
+                "LAST ERROR",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        ];
+        for r in &regions {
+            let text = |k: &str| r[k].as_str().unwrap_or("-").replace('\n', " ");
+            rows.push(vec![
+                text("name"),
+                r["lag_items"].to_string(),
+                format!("{:.1}s", r["lag_secs"].as_f64().unwrap_or(0.0)),
+                r["in_flight"].to_string(),
+                r["parked_count"].to_string(),
+                text("last_success_at"),
+                text("last_error"),
+            ]);
+        }
+        print!(
+            "{}",
+            table(&rows, &[false, true, true, true, true, false, false])
+        );
+        println!("from the running daemon at {url}");
+    }
+    let caught_up = regions.iter().all(|r| r["lag_items"] == 0);
+    Ok(exit(if caught_up { EXIT_OK } else { EXIT_WORK_FAILED }))
+}
+
+pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let config = config::load(&args.config)?;
     let path = crate::engine::store_path(&config);
     if !path.exists() {
@@ -169,7 +243,13 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(exit(EXIT_WORK_FAILED));
     }
-    let store = Engine::open_store(&config)?;
+    let store = match Engine::open_store(&config) {
+        Ok(s) => s,
+        Err(e @ crate::store::StoreError::Busy { .. }) => {
+            return from_daemon(&config, args.json, e).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     let status = compute(&config, &store);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -179,7 +259,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let all_in_sync = status
         .regions
         .iter()
-        .all(|r| r.tags_in_sync == r.tags_total);
+        .all(|r| r.tags_in_sync == r.tags_total && r.queued == 0);
     Ok(exit(if all_in_sync {
         EXIT_OK
     } else {
