@@ -41,7 +41,6 @@ pub struct Shared {
     pub reconcile: Mutex<ReconcileStatus>,
     /// The last readiness probe of the primary, reused for a few seconds.
     pub primary_probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
-    pub deletes: workers::DeleteBudget,
     /// Held while an item is finished and the other regions are checked.
     pub completion: Mutex<()>,
     /// Queue keys changed since the dispatcher last looked.
@@ -107,8 +106,6 @@ impl Daemon {
         let regions = config.regions.len();
         let metrics = Metrics::new(config.regions.len());
         let notifier = notify::Notifier::new(&config);
-        let deletes =
-            workers::DeleteBudget::new(config.regions.len(), config.daemon.max_deletes_per_hour);
         Ok(Daemon {
             shared: Arc::new(Shared {
                 config,
@@ -119,7 +116,6 @@ impl Daemon {
                 notifier,
                 reconcile: Mutex::new(ReconcileStatus::default()),
                 primary_probe: tokio::sync::Mutex::new(None),
-                deletes,
                 completion: Mutex::new(()),
                 hints: schedule::Hints::new(regions),
                 gates: (0..regions).map(|_| Mutex::default()).collect(),

@@ -17,8 +17,8 @@
 //! keep their reason (visible in `/v1/status`) and are retried at the next
 //! reconcile. Neither kind blocks the items behind it.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -38,37 +38,6 @@ use crate::store::{RegionId, now_unix_ms};
 const RETRY_BASE: Duration = Duration::from_secs(1);
 /// With nothing due, look again this often anyway.
 const IDLE_WAKE: Duration = Duration::from_secs(30);
-
-/// Deletions per region in the last hour, against the cap.
-pub struct DeleteBudget {
-    max_per_hour: u32,
-    done: Vec<Mutex<VecDeque<Instant>>>,
-}
-
-impl DeleteBudget {
-    pub fn new(regions: usize, max_per_hour: u32) -> DeleteBudget {
-        DeleteBudget {
-            max_per_hour,
-            done: (0..regions).map(|_| Mutex::new(VecDeque::new())).collect(),
-        }
-    }
-
-    /// Takes one deletion for region `r`, or says how long until one is free.
-    fn take(&self, r: RegionId) -> Result<(), Duration> {
-        const HOUR: Duration = Duration::from_secs(3600);
-        let mut done = self.done[r].lock().unwrap_or_else(|e| e.into_inner());
-        while done.front().is_some_and(|t| t.elapsed() >= HOUR) {
-            done.pop_front();
-        }
-        if done.len() < self.max_per_hour as usize {
-            done.push_back(Instant::now());
-            return Ok(());
-        }
-        // The cap is at least 1, so the queue is not empty here.
-        let oldest = done.front().copied().unwrap_or_else(Instant::now);
-        Err(HOUR.saturating_sub(oldest.elapsed()))
-    }
-}
 
 /// What became of one item in one region.
 #[derive(Debug)]
@@ -298,19 +267,33 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
         );
         return Outcome::Done;
     }
-    // The cap counts manifests (content) deleted; removing a tag alone
-    // deletes no content and is not capped.
-    if sep == "@"
-        && let Err(wait) = shared.deletes.take(r)
-    {
-        return Outcome::Deferred(
-            wait,
-            format!(
-                "delete cap reached ({} per hour in region {})",
-                shared.config.daemon.max_deletes_per_hour,
-                region.name()
-            ),
-        );
+    // The cap counts manifests (content) deleted, durably (a restart does
+    // not reset it); removing a tag alone deletes no content and is not
+    // capped.
+    if sep == "@" {
+        match shared.store().take_delete(
+            r,
+            shared.config.daemon.max_deletes_per_hour,
+            now_unix_ms(),
+        ) {
+            Ok(Ok(())) => {}
+            Ok(Err(wait_ms)) => {
+                return Outcome::Deferred(
+                    Duration::from_millis(wait_ms),
+                    format!(
+                        "delete cap reached ({} per hour in region {})",
+                        shared.config.daemon.max_deletes_per_hour,
+                        region.name()
+                    ),
+                );
+            }
+            Err(e) => {
+                return Outcome::Failed(Cause {
+                    kind: CauseKind::Transient,
+                    message: format!("recording a delete in the state store failed: {e}"),
+                });
+            }
+        }
     }
     match region.delete_manifest(repository, reference).await {
         Ok(found) => {
@@ -495,19 +478,4 @@ fn latency_secs(event_ns: u64) -> f64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     now_ns.saturating_sub(event_ns) as f64 / 1e9
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delete_budget_caps_per_region() {
-        let b = DeleteBudget::new(2, 2);
-        assert!(b.take(0).is_ok());
-        assert!(b.take(0).is_ok());
-        let wait = b.take(0).unwrap_err();
-        assert!(wait > Duration::from_secs(3590));
-        assert!(b.take(1).is_ok());
-    }
 }

@@ -108,6 +108,10 @@ pub struct RegionStatus {
     pub last_error: Option<String>,
     #[serde(default)]
     pub last_error_at: Option<u64>,
+    /// When the daemon deleted manifests here in the last hour (unix ms),
+    /// for the hourly cap; kept here so a restart does not reset it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes_ms: Vec<u64>,
 }
 
 struct RegionTrees {

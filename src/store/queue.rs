@@ -325,6 +325,28 @@ impl Store {
         Ok(n)
     }
 
+    /// Takes one of region `r`'s `max_per_hour` manifest deletions, or says
+    /// how long until one is free (ms).
+    pub fn take_delete(
+        &self,
+        r: RegionId,
+        max_per_hour: u32,
+        now_ms: u64,
+    ) -> Result<Result<(), u64>, StoreError> {
+        const HOUR_MS: u64 = 3_600_000;
+        let mut s = self.region_status(r);
+        s.deletes_ms.retain(|t| now_ms.saturating_sub(*t) < HOUR_MS);
+        if s.deletes_ms.len() >= max_per_hour as usize {
+            let oldest = s.deletes_ms.iter().copied().min().unwrap_or(now_ms);
+            return Ok(Err((oldest + HOUR_MS).saturating_sub(now_ms)));
+        }
+        s.deletes_ms.push(now_ms);
+        self.statuses
+            .insert(self.regions[r].name.as_bytes(), encode(&s))
+            .map_err(|e| self.io(e))?;
+        Ok(Ok(()))
+    }
+
     /// Records an outcome of the daemon's work in region `r`.
     pub fn record_outcome(&self, r: RegionId, error: Option<&str>) -> Result<(), StoreError> {
         self.record_status(r, error, false)
@@ -392,6 +414,21 @@ mod tests {
             assert!(q[0].item.digest.as_str().ends_with('b'));
             assert_eq!(q[0].item.since_ms, 10);
         }
+    }
+
+    #[test]
+    fn the_delete_cap_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path());
+            assert_eq!(s.take_delete(0, 2, 1_000).unwrap(), Ok(()));
+            assert_eq!(s.take_delete(0, 2, 2_000).unwrap(), Ok(()));
+            assert_eq!(s.take_delete(0, 2, 3_000).unwrap(), Err(3_598_000));
+            assert_eq!(s.take_delete(1, 2, 3_000).unwrap(), Ok(()));
+        }
+        let s = store(dir.path());
+        assert!(s.take_delete(0, 2, 4_000).unwrap().is_err());
+        assert_eq!(s.take_delete(0, 2, 3_601_000).unwrap(), Ok(()));
     }
 
     #[test]

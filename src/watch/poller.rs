@@ -21,11 +21,20 @@ use crate::store::{RegionId, now_unix, now_unix_ms};
 const BATCH: usize = 256;
 /// Event ids are remembered this long for de-duplication.
 const EVENT_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// With polling off, old event ids are forgotten this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub async fn run(shared: Arc<Shared>, mut stop: Signal) {
     let Some(interval) = shared.config.daemon.poll_interval else {
         tracing::info!("polling is off (poll_interval_secs: 0): only notifications bring changes");
-        return;
+        // Old event ids are still forgotten now and then.
+        loop {
+            prune_events(&shared);
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = stop.wait() => return,
+            }
+        }
     };
     loop {
         reconcile(&shared).await;
@@ -52,10 +61,7 @@ pub async fn reconcile(shared: &Shared) {
         }
         Err(e) => tracing::warn!("reconcile: waking parked items failed: {e:#}"),
     }
-    let cutoff = now_unix_ms().saturating_sub(EVENT_MEMORY.as_millis() as u64);
-    if let Err(e) = store.prune_events(cutoff) {
-        tracing::warn!("reconcile: forgetting old event ids failed: {e:#}");
-    }
+    prune_events(shared);
     shared.engine.forget_listings();
     shared.wake.notify_one();
 
@@ -140,6 +146,14 @@ pub async fn reconcile(shared: &Shared) {
     s.last_tags = listing.tags;
     s.last_queued = queued;
     s.last_error = error;
+}
+
+/// Forgets event ids older than [`EVENT_MEMORY`].
+fn prune_events(shared: &Shared) {
+    let cutoff = now_unix_ms().saturating_sub(EVENT_MEMORY.as_millis() as u64);
+    if let Err(e) = shared.store().prune_events(cutoff) {
+        tracing::warn!("forgetting old event ids failed: {e:#}");
+    }
 }
 
 /// Queues `batch` and wakes the workers; returns how many changes it held.
