@@ -313,13 +313,18 @@ impl Store {
 
     /// Forgets event ids accepted before `before_ms`: the registry does not
     /// redeliver that late.
+    /// The newest-change clock of references untouched since then goes
+    /// too: no event that old can still arrive to be ordered against it.
     pub fn prune_events(&self, before_ms: u64) -> Result<usize, StoreError> {
         let mut n = 0;
-        for entry in self.events.iter() {
-            let (k, v) = entry.map_err(|e| self.io(e))?;
-            if decode::<u64>(&v).is_none_or(|at| at < before_ms) {
-                self.events.remove(k).map_err(|e| self.io(e))?;
-                n += 1;
+        let before_ns = before_ms.saturating_mul(1_000_000);
+        for (tree, cutoff) in [(&self.events, before_ms), (&self.latest, before_ns)] {
+            for entry in tree.iter() {
+                let (k, v) = entry.map_err(|e| self.io(e))?;
+                if decode::<u64>(&v).is_none_or(|at| at < cutoff) {
+                    tree.remove(k).map_err(|e| self.io(e))?;
+                    n += 1;
+                }
             }
         }
         Ok(n)
