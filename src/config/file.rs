@@ -27,6 +27,9 @@ pub struct FileConfig {
     /// How many times a transiently failing request is tried in all.
     #[serde(default)]
     pub max_attempts: Option<Spanned<u32>>,
+    /// Rate limits (defaults for every registry, and a total).
+    #[serde(default)]
+    pub limits: FileLimits,
     /// The daemon's HTTP API (webhook included): `host:port`.
     #[serde(default)]
     pub listen: Option<Spanned<String>>,
@@ -117,6 +120,34 @@ pub struct FileRegistry {
     /// HTTP requests open to this registry at once.
     #[serde(default)]
     pub max_concurrent_requests: Option<Spanned<usize>>,
+    /// Requests per second to this registry (overrides `limits`).
+    #[serde(default)]
+    pub max_requests_per_sec: Option<Spanned<u32>>,
+    /// Bytes per second to or from this registry (overrides `limits`).
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<Spanned<FileSize>>,
+}
+
+/// A size: a number of bytes, or text such as `50MiB` or `1GB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Default requests per second for every registry.
+    #[serde(default)]
+    pub max_requests_per_sec: Option<Spanned<u32>>,
+    /// Default bytes per second for every registry.
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<Spanned<FileSize>>,
+    /// All regions' uploads together (one shared link).
+    #[serde(default)]
+    pub total_max_bytes_per_sec: Option<Spanned<FileSize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde_saphyr::{Location, Spanned};
 
-use super::file::{FileConfig, FileCredentials, FileRegistry};
+use super::file::{FileConfig, FileCredentials, FileRegistry, FileSize};
 use super::{
     Concurrency, Config, Credentials, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig, DeletePolicy, NotifyTarget, RegistryConfig,
@@ -107,6 +107,8 @@ pub fn load_str(
         base_dir,
         env,
         issues: Vec::new(),
+        default_requests_per_sec: None,
+        default_bytes_per_sec: None,
     };
     let config = v.config(path, file);
     if v.issues.is_empty() {
@@ -128,6 +130,9 @@ struct Validator<'a> {
     base_dir: PathBuf,
     env: &'a dyn Fn(&str) -> Option<String>,
     issues: Vec<Issue>,
+    /// `limits:` defaults, applied to registries that set none.
+    default_requests_per_sec: Option<u32>,
+    default_bytes_per_sec: Option<u64>,
 }
 
 impl Validator<'_> {
@@ -181,6 +186,19 @@ impl Validator<'_> {
             self.issue(file.state_dir.referenced, "state_dir must not be empty");
         }
 
+        let l = &file.limits;
+        self.default_requests_per_sec = l
+            .max_requests_per_sec
+            .is_some()
+            .then(|| self.positive(&l.max_requests_per_sec, "max_requests_per_sec", 1));
+        self.default_bytes_per_sec = l
+            .max_bytes_per_sec
+            .as_ref()
+            .and_then(|v| self.size(v, "max_bytes_per_sec"));
+        let total_max_bytes_per_sec = l
+            .total_max_bytes_per_sec
+            .as_ref()
+            .and_then(|v| self.size(v, "total_max_bytes_per_sec"));
         let primary = self.registry(&file.primary, "primary");
         let mut regions = Vec::new();
         if file.regions.value.is_empty() {
@@ -290,6 +308,7 @@ impl Validator<'_> {
             concurrency,
             timeouts,
             max_attempts,
+            total_max_bytes_per_sec,
             daemon,
         })
     }
@@ -317,11 +336,21 @@ impl Validator<'_> {
             "max_concurrent_requests",
             DEFAULT_MAX_CONCURRENT_REQUESTS,
         );
+        let max_requests_per_sec = match &r.max_requests_per_sec {
+            Some(_) => Some(self.positive(&r.max_requests_per_sec, "max_requests_per_sec", 1)),
+            None => self.default_requests_per_sec,
+        };
+        let max_bytes_per_sec = match &r.max_bytes_per_sec {
+            Some(v) => self.size(v, "max_bytes_per_sec"),
+            None => self.default_bytes_per_sec,
+        };
         Some(RegistryConfig {
             name: name.to_owned(),
             url: url?,
             credentials,
             max_concurrent_requests,
+            max_requests_per_sec,
+            max_bytes_per_sec,
         })
     }
 
@@ -427,6 +456,22 @@ impl Validator<'_> {
                         None
                     }
                 }
+            }
+        }
+    }
+
+    /// A size in bytes from a number or text like `50MiB`.
+    fn size(&mut self, v: &Spanned<FileSize>, key: &str) -> Option<u64> {
+        let parsed = match &v.value {
+            FileSize::Bytes(0) => Err(format!("{key} must be at least 1 byte")),
+            FileSize::Bytes(n) => Ok(*n),
+            FileSize::Text(t) => super::parse_size(t).map_err(|e| format!("{key} {e}")),
+        };
+        match parsed {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.issue(v.referenced, e);
+                None
             }
         }
     }

@@ -71,6 +71,8 @@ pub struct Config {
     pub concurrency: Concurrency,
     pub timeouts: Timeouts,
     pub max_attempts: u32,
+    /// Bytes per second uploaded to all regions together, at most.
+    pub total_max_bytes_per_sec: Option<u64>,
     /// What only `georep run` uses.
     pub daemon: DaemonConfig,
 }
@@ -146,6 +148,10 @@ pub struct RegistryConfig {
     pub url: url::Url,
     pub credentials: Option<Credentials>,
     pub max_concurrent_requests: usize,
+    /// Requests per second, at most (all kinds).
+    pub max_requests_per_sec: Option<u32>,
+    /// Bytes per second read from or written to this registry, at most.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl RegistryConfig {
@@ -157,6 +163,8 @@ impl RegistryConfig {
             url: base_url(url::Url::parse(url)?),
             credentials: None,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_requests_per_sec: None,
+            max_bytes_per_sec: None,
         })
     }
 
@@ -173,6 +181,42 @@ pub(crate) fn base_url(mut url: url::Url) -> url::Url {
         url.set_path(&p);
     }
     url
+}
+
+/// Parses a size: bytes as a number, or a number with a unit — `B`, `kB`,
+/// `MB`, `GB`, `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers
+/// of 1024), case-insensitive, with an optional `/s`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "kib" => 1 << 10,
+        "mb" | "m" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" | "g" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "tb" | "t" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size: write e.g. 50MiB, 1GB or 1048576 (bytes)"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: write e.g. 50MiB, 1GB or 1048576 (bytes)"))?;
+    let bytes = value * unit_factor as f64;
+    if !(1.0..1.8e19).contains(&bytes) {
+        return Err(format!("{text:?} must be at least 1 byte"));
+    }
+    Ok(bytes as u64)
 }
 
 /// A username and the password read from where the config said.

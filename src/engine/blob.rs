@@ -49,7 +49,14 @@ impl Engine {
     ) -> RegionResults {
         let digest = &desc.digest;
         let mut results: RegionResults = BTreeMap::new();
-        let _guard = self.blob_locks.lock(digest.clone()).await;
+        // In region order: see `locks`.
+        let mut ordered = regions.to_vec();
+        ordered.sort_unstable();
+        ordered.dedup();
+        let mut _guards = Vec::with_capacity(ordered.len());
+        for &r in &ordered {
+            _guards.push(self.blob_locks.lock((r, digest.clone())).await);
+        }
 
         // Present already? The store may know; a region that does not know
         // the repository at all is not asked (see the mount below).
@@ -224,6 +231,11 @@ impl Engine {
                         self.facts.add_blob(r, repo, digest);
                         uploaded = true;
                         results.insert(r, Ok(()));
+                    }
+                    Err(RegistryError::Lagging { .. }) => {
+                        // Not a failure: this region copies the blob in a
+                        // later round, alone or with other slow ones.
+                        pending.push(r);
                     }
                     Err(e) => {
                         let n = attempts.entry(r).or_insert(0);

@@ -47,7 +47,14 @@ impl Engine {
             repository = %job.repository,
             digest = %job.digest.short()
         );
-        self.copy_image_inner(job, regions).instrument(span).await
+        let classes = self.speed_classes(regions);
+        let copies = classes.iter().map(|c| self.copy_image_inner(job, c));
+        join_all(copies)
+            .instrument(span)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Makes manifest `digest` of `repo` (pushed without a tag) and
@@ -83,7 +90,11 @@ impl Engine {
                 size: root.bytes.len() as u64,
                 urls: Vec::new(),
             };
-            self.ensure_manifest(repo, desc, regions, 0, false).await
+            let classes = self.speed_classes(regions);
+            let copies = classes
+                .iter()
+                .map(|c| self.ensure_manifest(repo, desc.clone(), c, 0, false));
+            join_all(copies).await.into_iter().flatten().collect()
         }
         .instrument(span)
         .await

@@ -5,7 +5,10 @@
 //! blob link by truncating it, so two uploads or mounts of the same blob into
 //! the same repository at once can make a concurrent manifest push fail with
 //! `MANIFEST_BLOB_UNKNOWN` (DESIGN, registry facts). Blob work is therefore
-//! serialised per digest, manifest work per (repository, digest).
+//! serialised per (region, digest) — a task takes the locks of all its
+//! regions in region order, so two tasks never wait for each other in a
+//! circle, and copies to disjoint sets of regions never wait at all —
+//! and manifest work per (repository, digest).
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -61,7 +61,9 @@ pub struct Engine {
     blob_reads: Arc<Semaphore>,
     /// Blob uploads in flight, per region.
     region_uploads: Vec<Arc<Semaphore>>,
-    blob_locks: KeyedLocks<Digest>,
+    blob_locks: KeyedLocks<(RegionId, Digest)>,
+    /// Each region's bandwidth limit, which decides who shares a read.
+    byte_limits: Vec<Option<u64>>,
     manifest_locks: KeyedLocks<(String, Digest)>,
     facts: Facts,
     region_repos: RegionRepos,
@@ -104,16 +106,19 @@ impl Engine {
             config.timeouts,
             config.max_attempts,
         ));
+        // All regions' uploads together, when the operator caps the link
+        // they share.
+        let total = config
+            .total_max_bytes_per_sec
+            .map(|b| Arc::new(crate::registry::limit::ByteLimiter::new(b)));
         let regions: Vec<Arc<Registry>> = config
             .regions
             .iter()
             .map(|r| {
-                Arc::new(Registry::new(
-                    r,
-                    http.clone(),
-                    config.timeouts,
-                    config.max_attempts,
-                ))
+                Arc::new(
+                    Registry::new(r, http.clone(), config.timeouts, config.max_attempts)
+                        .with_shared_bytes(total.clone()),
+                )
             })
             .collect();
         Engine {
@@ -130,6 +135,7 @@ impl Engine {
             max_attempts: config.max_attempts,
             blob_reads: Arc::new(Semaphore::new(config.concurrency.blobs)),
             blob_locks: KeyedLocks::default(),
+            byte_limits: config.regions.iter().map(|r| r.max_bytes_per_sec).collect(),
             manifest_locks: KeyedLocks::default(),
             facts: Facts::new(store),
             region_repos: RegionRepos::default(),
@@ -146,6 +152,19 @@ impl Engine {
 
     fn region_ids(&self) -> Vec<RegionId> {
         (0..self.regions.len()).collect()
+    }
+
+    /// `regions` in groups that share reads: regions with the same
+    /// bandwidth limit (or none) together. A region limited below the
+    /// others would pace every blob, manifest and tag of theirs; apart, it
+    /// reads on its own and goes at its own pace. (A region slow for other
+    /// reasons is let go blob by blob: [`fanout::MAX_DRIFT`].)
+    fn speed_classes(&self, regions: &[RegionId]) -> Vec<Vec<RegionId>> {
+        let mut classes: BTreeMap<Option<u64>, Vec<RegionId>> = BTreeMap::new();
+        for &r in regions {
+            classes.entry(self.byte_limits[r]).or_default().push(r);
+        }
+        classes.into_values().collect()
     }
 
     /// One pass: make every region match the primary. Never fails as a

@@ -70,6 +70,11 @@ pub enum RegistryError {
         url: String,
         after: Duration,
     },
+    /// In a fan-out, this region's upload held the others back for too
+    /// long (it is slower or rate-limited): it leaves the shared read and
+    /// copies the blob with a read of its own. Not a failure.
+    #[error("PUT {url}: fell behind the other regions of a shared read by more than {}s; continuing with its own read", after.as_secs_f64())]
+    Lagging { url: String, after: Duration },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +127,9 @@ impl RegistryError {
     /// Whether the same request may succeed if tried again later.
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Transport { .. } | RegistryError::Stalled { .. } => true,
+            RegistryError::Transport { .. }
+            | RegistryError::Stalled { .. }
+            | RegistryError::Lagging { .. } => true,
             RegistryError::Status { status, .. } => is_transient_status(*status),
             // Corrupt bytes in transit may be a broken proxy; a second read
             // is cheap compared with giving up on the blob.

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod breaker;
 pub mod error;
+pub mod limit;
 pub mod manifest;
 pub mod names;
 pub mod retry;
@@ -65,6 +66,7 @@ pub struct Registry {
     backoff: Backoff,
     timeouts: Timeouts,
     stats: Arc<Stats>,
+    limits: Arc<limit::Limits>,
 }
 
 /// Which deadline a request gets.
@@ -155,7 +157,41 @@ impl Registry {
             backoff: Backoff::new(max_attempts),
             timeouts,
             stats,
+            limits: Arc::new(limit::Limits::new(
+                config.max_requests_per_sec,
+                config.max_bytes_per_sec,
+            )),
         }
+    }
+
+    /// Shares `limiter` (a cap on several registries together) with this
+    /// registry's own byte limit.
+    pub fn with_shared_bytes(mut self, limiter: Option<Arc<limit::ByteLimiter>>) -> Self {
+        // Called right after `new`, before the limits are shared with any
+        // stream, so the `Arc` is still unique.
+        if let Some(l) = Arc::get_mut(&mut self.limits) {
+            l.set_shared_bytes(limiter);
+        }
+        self
+    }
+
+    /// A `429` or `503` with `Retry-After` pauses every request to this
+    /// registry for that long (capped), not just the one retried.
+    fn pause_if_asked(&self, e: &RegistryError) {
+        if matches!(
+            e.status(),
+            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+        ) && let Some(ra) = e.retry_after()
+        {
+            let ra = ra.min(retry::MAX_RETRY_AFTER);
+            tracing::info!(registry = %self.name, pause_ms = ra.as_millis() as u64, "the registry asked for a pause");
+            self.limits.pause_for(ra);
+        }
+    }
+
+    /// The rate limits on this registry.
+    pub fn limits(&self) -> &Arc<limit::Limits> {
+        &self.limits
     }
 
     pub fn name(&self) -> &str {
@@ -228,6 +264,7 @@ impl Registry {
         let mut reauthenticated = false;
         loop {
             attempt += 1;
+            self.limits.request().await;
             self.breaker.check()?;
             let authorization = self
                 .auth
@@ -291,6 +328,7 @@ impl Registry {
                     status_error(method.clone(), &url, resp).await
                 }
             };
+            self.pause_if_asked(&failure);
             if !failure.is_transient() || attempt >= self.backoff.max_attempts {
                 return Err(failure);
             }
@@ -692,10 +730,25 @@ impl Registry {
             .bytes_stream()
             .map_err(move |e| RegistryError::transport(Method::GET, &err_url, e))
             .inspect_ok(move |b| stats.read(b.len() as u64));
+        // Reads are metered as they arrive: the reader waits, TCP
+        // backpressure slows the sender.
+        let stream: std::pin::Pin<Box<dyn Stream<Item = _> + Send>> = if self.limits.meters_bytes()
+        {
+            let limits = self.limits.clone();
+            Box::pin(stream.and_then(move |b| {
+                let limits = limits.clone();
+                async move {
+                    limits.bytes(b.len()).await;
+                    Ok(b)
+                }
+            }))
+        } else {
+            Box::pin(stream)
+        };
         Ok(BlobStream {
             size,
             url,
-            stream: Box::pin(stream),
+            stream,
             _permit: a.permit,
         })
     }
@@ -801,6 +854,7 @@ impl Registry {
             .acquire_owned()
             .await
             .expect("registry semaphore closed");
+        self.limits.request().await;
         self.breaker.check()?;
         let mut url = session.url.clone();
         url.query_pairs_mut().append_pair("digest", digest.as_str());
@@ -837,7 +891,9 @@ impl Registry {
                     .and_then(|v| v.to_str().ok());
                 self.auth.on_unauthorized(challenge, &scope);
             }
-            Err(status_error(Method::PUT, &url, resp).await)
+            let e = status_error(Method::PUT, &url, resp).await;
+            self.pause_if_asked(&e);
+            Err(e)
         }
     }
 

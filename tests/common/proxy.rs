@@ -23,11 +23,40 @@ pub struct Faults {
     pub page_size: Option<usize>,
     /// Break every upload of this blob after its first bytes.
     pub cut_upload: Option<Digest>,
+    /// Until this time, answer every request `429` with `Retry-After`
+    /// of this many seconds.
+    pub busy_until: Option<(std::time::Instant, u64)>,
+    /// Read upload bodies this slowly (bytes per second): a slow link.
+    pub slow_uploads: Option<u64>,
+}
+
+/// What passed through the proxy, with times.
+#[derive(Default)]
+pub struct Traffic {
+    /// Every request as it arrived, and the status answered.
+    pub requests: Vec<(std::time::Instant, Method, String, u16)>,
+    /// When each answered request was answered.
+    pub answered: Vec<(std::time::Instant, Method, String, u16)>,
+    /// Upload body bytes as they passed, in chunks.
+    pub uploaded: Vec<(std::time::Instant, usize)>,
+}
+
+impl Traffic {
+    /// Upload bytes per second between the first and the last chunk.
+    pub fn upload_rate(&self) -> (u64, f64) {
+        let bytes: u64 = self.uploaded.iter().map(|(_, n)| *n as u64).sum();
+        let secs = match (self.uploaded.first(), self.uploaded.last()) {
+            (Some(a), Some(b)) => b.0.duration_since(a.0).as_secs_f64(),
+            _ => 0.0,
+        };
+        (bytes, if secs > 0.0 { bytes as f64 / secs } else { 0.0 })
+    }
 }
 
 pub struct Proxy {
     pub url: String,
     pub hits: Arc<Mutex<Vec<(Method, String)>>>,
+    pub traffic: Arc<Mutex<Traffic>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -43,6 +72,7 @@ struct St {
     faults: Faults,
     http: reqwest::Client,
     hits: Arc<Mutex<Vec<(Method, String)>>>,
+    traffic: Arc<Mutex<Traffic>>,
 }
 
 impl Proxy {
@@ -50,7 +80,9 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let hits = Arc::new(Mutex::new(Vec::new()));
+        let traffic = Arc::new(Mutex::new(Traffic::default()));
         let st = St {
+            traffic: traffic.clone(),
             upstream: upstream.trim_end_matches('/').to_owned(),
             faults,
             http: reqwest::Client::builder()
@@ -63,7 +95,12 @@ impl Proxy {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Proxy { url, hits, task }
+        Proxy {
+            url,
+            hits,
+            traffic,
+            task,
+        }
     }
 
     pub fn count(&self, method: &Method, path_part: &str) -> usize {
@@ -90,6 +127,21 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
     st.hits.lock().unwrap().push((method.clone(), pq.clone()));
+    let arrived = std::time::Instant::now();
+    if let Some((until, secs)) = st.faults.busy_until
+        && arrived < until
+    {
+        st.traffic
+            .lock()
+            .unwrap()
+            .requests
+            .push((arrived, method, pq, 429));
+        return Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", secs.to_string())
+            .body(Body::from("slow down (test proxy)"))
+            .unwrap();
+    }
 
     if let Some((repo, tag)) = &st.faults.schema1_tag {
         let body = schema1(repo, tag);
@@ -160,10 +212,30 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         if let Some(len) = req.headers().get("content-length") {
             rb = rb.header("content-length", len.clone());
         }
+        let traffic = st.traffic.clone();
+        let slow = st.faults.slow_uploads;
         rb = rb.body(reqwest::Body::wrap_stream(
-            req.into_body().into_data_stream(),
+            req.into_body()
+                .into_data_stream()
+                .then(move |c| async move {
+                    if let (Some(rate), Ok(c)) = (slow, &c) {
+                        let secs = c.len() as f64 / rate as f64;
+                        tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+                    }
+                    c
+                })
+                .inspect(move |c| {
+                    if let Ok(c) = c {
+                        traffic
+                            .lock()
+                            .unwrap()
+                            .uploaded
+                            .push((std::time::Instant::now(), c.len()));
+                    }
+                }),
         ));
     }
+    let (log_method, log_pq) = (method.clone(), pq.clone());
     let up = match rb.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -173,6 +245,14 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
                 .unwrap();
         }
     };
+    {
+        let mut t = st.traffic.lock().unwrap();
+        let status = up.status().as_u16();
+        t.requests
+            .push((arrived, log_method.clone(), log_pq.clone(), status));
+        t.answered
+            .push((std::time::Instant::now(), log_method, log_pq, status));
+    }
     let mut builder = Response::builder().status(up.status());
     for (k, v) in up.headers() {
         if k != "transfer-encoding" && k != "connection" {
