@@ -615,3 +615,79 @@ async fn work_cut_short_by_shutdown_resumes_at_the_next_start() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_push_goes_ahead_of_a_long_backfill() {
+    let port = free_port().unwrap();
+    // No notifications from this primary: the backfill is found by the
+    // start-up reconcile only, and the fresh push's event is posted here.
+    let cluster = Cluster::start(1).await;
+    let primary = client(&cluster.primary.url());
+    // Backfill: 8 images of 12 MiB, pushed before the daemon starts, into
+    // a region limited to 12 MiB/s: about 8 s of work for the start-up
+    // reconcile, filling every regular slot.
+    for i in 0..8 {
+        push_image(
+            &primary,
+            &format!("backfill/app{i}"),
+            "v1",
+            12 << 20,
+            900 + i,
+        )
+        .await
+        .unwrap();
+    }
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(
+            port,
+            "poll_interval_secs: 3600\nconcurrency:\n  max_concurrent_images: 2\nlimits:\n  max_bytes_per_sec: 12MiB\n",
+        ),
+    );
+    let daemon = DaemonProc::start(&config, port, &[]).await;
+    wait_for(
+        "the backfill to start",
+        Duration::from_secs(20),
+        async || {
+            daemon.status().await["regions"][0]["in_flight"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 2
+        },
+    )
+    .await;
+    let pushed = Instant::now();
+    let m = push_image(&primary, "fresh/app", "v1", 64 << 10, 5)
+        .await
+        .unwrap();
+    let now = jiff::Timestamp::now().to_string();
+    let event = push_event(
+        "fresh-1",
+        &now,
+        "fresh/app",
+        "v1",
+        m.digest.as_str(),
+        m.bytes.len(),
+    );
+    assert_eq!(daemon.post(event, EVENTS, None).await.0, 200);
+    let url = cluster.replicas[0].url();
+    wait_for("the fresh push", Duration::from_secs(30), async || {
+        region_has(&url, "fresh/app", "v1", &m.digest).await
+    })
+    .await;
+    let latency = pushed.elapsed().as_secs_f64();
+    let behind = daemon.status().await["regions"][0]["lag_items"]
+        .as_u64()
+        .unwrap();
+    eprintln!("fresh push replicated in {latency:.2}s with {behind} backfill items still queued");
+    assert!(
+        behind > 0,
+        "the backfill was over before the fresh push was copied"
+    );
+    // Without the express slots it would wait for a backfill image (~2 s).
+    assert!(
+        latency < 1.0,
+        "the fresh push waited {latency:.1}s behind the backfill"
+    );
+}

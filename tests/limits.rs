@@ -230,3 +230,43 @@ async fn a_region_slower_than_its_peers_leaves_the_shared_read() {
         .unwrap();
     assert_eq!(h.map(|h| h.digest), Some(m.digest));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_429s_lower_the_concurrency_below_the_quota() {
+    let cluster = Cluster::start(1).await;
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(63)).await;
+    let proxy = Proxy::start(
+        &cluster.replicas[0].url(),
+        Faults {
+            max_in_flight: Some(3),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = cluster.config(
+        &cluster.primary.url(),
+        std::slice::from_ref(&proxy.url),
+        "max_attempts: 10\n",
+    );
+    let (code, report) = sync_json(&config, &[]).await;
+    assert_eq!(code, 0, "{report:#}");
+    verify_region(&cluster.primary.url(), &cluster.replicas[0].url(), &corpus)
+        .await
+        .unwrap();
+    let t = proxy.traffic.lock().unwrap();
+    let n = t.requests.len();
+    let refused = |rs: &[(Instant, axum::http::Method, String, u16)]| {
+        rs.iter().filter(|r| r.3 == 429).count()
+    };
+    let (first, second) = t.requests.split_at(n / 2);
+    eprintln!(
+        "{n} requests; 429s in the first half {}, in the second half {}",
+        refused(first),
+        refused(second)
+    );
+    assert!(refused(first) > 0, "the quota was never hit");
+    assert!(
+        refused(second) * 4 <= refused(first).max(4),
+        "georep did not settle below the quota"
+    );
+}

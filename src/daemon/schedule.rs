@@ -183,6 +183,11 @@ impl Schedule {
         view.ready.remove(&p)
     }
 
+    /// Returns an item taken with [`Schedule::next`] but not dispatched.
+    pub fn put_back(&mut self, r: RegionId, q: Queued, now_ms: u64) {
+        self.regions[r].place(q, now_ms);
+    }
+
     /// When the earliest waiting item of region `r` is due.
     pub fn next_due(&self, r: RegionId) -> Option<u64> {
         self.regions[r].waiting.first().map(|(due, _, _)| *due)

@@ -34,6 +34,9 @@ use crate::shutdown::Signal;
 use crate::store::queue::{Action, Origin, Queued, WorkItem};
 use crate::store::{RegionId, now_unix_ms};
 
+/// Slots per region only fresh pushes may use (beyond
+/// `max_concurrent_images`).
+const EXPRESS_SLOTS: usize = 2;
 /// The first pause after a failed item.
 const RETRY_BASE: Duration = Duration::from_secs(1);
 /// With nothing due, look again this often anyway.
@@ -140,13 +143,21 @@ fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<(
         if let Some(d) = schedule.next_due(r) {
             due_at(d);
         }
-        let busy = in_flight.keys().filter(|(x, _, _)| *x == r).count();
-        for _ in busy..slots {
-            let Some(q) = schedule.next(r, |repo, reference| {
-                in_flight.contains_key(&(r, repo.to_owned(), reference.to_owned()))
-            }) else {
-                break;
+        let mut busy = in_flight.keys().filter(|(x, _, _)| *x == r).count();
+        while let Some(q) = schedule.next(r, |repo, reference| {
+            in_flight.contains_key(&(r, repo.to_owned(), reference.to_owned()))
+        }) {
+            // Fresh pushes may use a few slots beyond the region's own, so
+            // a long backfill never holds today's pushes back.
+            let cap = match q.item.origin {
+                Origin::Event => slots + EXPRESS_SLOTS,
+                Origin::Reconcile => slots,
             };
+            if busy >= cap {
+                schedule.put_back(r, q, now);
+                break;
+            }
+            busy += 1;
             in_flight.insert(
                 (r, q.repository.clone(), q.reference.clone()),
                 Instant::now(),
@@ -210,34 +221,10 @@ fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<(
 async fn run_group(shared: &Shared, key: &GroupKey, members: Vec<(RegionId, Queued)>) {
     let regions: Vec<RegionId> = members.iter().map(|(r, _)| *r).collect();
     let digest = members[0].1.item.digest.clone();
-    let mut outcomes: BTreeMap<RegionId, Outcome> = BTreeMap::new();
-    match key.action {
-        Action::Copy if key.reference == key.digest => {
-            for (r, res) in shared
-                .engine
-                .copy_manifest_to(&key.repository, &digest, &regions)
-                .await
-            {
-                outcomes.insert(r, res.map_or_else(Outcome::Failed, |()| Outcome::Done));
-            }
-        }
-        Action::Copy => {
-            let job = ImageJob {
-                repository: key.repository.clone(),
-                digest: digest.clone(),
-                tags: vec![key.reference.clone()],
-            };
-            for o in shared.engine.copy_image_to(&job, &regions).await {
-                outcomes.insert(o.region, o.failure.map_or(Outcome::Done, Outcome::Failed));
-            }
-        }
-        Action::Delete => {
-            let deletes = regions.iter().map(|&r| async move {
-                (r, delete(shared, r, &key.repository, &key.reference).await)
-            });
-            outcomes.extend(futures::future::join_all(deletes).await);
-        }
-    }
+    let fresh = key.origin == Origin::Event;
+    let mut outcomes = crate::engine::FRESH
+        .scope(fresh, copy_group(shared, key, &regions, &digest))
+        .await;
     for (r, q) in &members {
         let outcome = outcomes.remove(r).unwrap_or_else(|| {
             Outcome::Failed(Cause {
@@ -253,6 +240,44 @@ async fn run_group(shared: &Shared, key: &GroupKey, members: Vec<(RegionId, Queu
     for (r, q) in &members {
         in_flight.remove(&(*r, q.repository.clone(), q.reference.clone()));
     }
+}
+
+/// Copies (or deletes) a group's item in each of its regions.
+async fn copy_group(
+    shared: &Shared,
+    key: &GroupKey,
+    regions: &[RegionId],
+    digest: &crate::digest::Digest,
+) -> BTreeMap<RegionId, Outcome> {
+    let mut outcomes: BTreeMap<RegionId, Outcome> = BTreeMap::new();
+    match key.action {
+        Action::Copy if key.reference == key.digest => {
+            for (r, res) in shared
+                .engine
+                .copy_manifest_to(&key.repository, digest, regions)
+                .await
+            {
+                outcomes.insert(r, res.map_or_else(Outcome::Failed, |()| Outcome::Done));
+            }
+        }
+        Action::Copy => {
+            let job = ImageJob {
+                repository: key.repository.clone(),
+                digest: digest.clone(),
+                tags: vec![key.reference.clone()],
+            };
+            for o in shared.engine.copy_image_to(&job, regions).await {
+                outcomes.insert(o.region, o.failure.map_or(Outcome::Done, Outcome::Failed));
+            }
+        }
+        Action::Delete => {
+            let deletes = regions.iter().map(|&r| async move {
+                (r, delete(shared, r, &key.repository, &key.reference).await)
+            });
+            outcomes.extend(futures::future::join_all(deletes).await);
+        }
+    }
+    outcomes
 }
 
 /// Deletes `repository@reference` (a digest, or a tag) in region `r`,

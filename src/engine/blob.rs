@@ -172,12 +172,7 @@ impl Engine {
             }
             pending.retain(|r| sessions.contains_key(r));
 
-            let read_permit = self
-                .blob_reads
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("blob semaphore is never closed");
+            let read_permit = self.read_slot().await;
             let mut targets = Vec::new();
             let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
             if !pending.is_empty() {
@@ -273,6 +268,25 @@ impl Engine {
             self.regions[r].cancel_upload(&s).await;
         }
         results
+    }
+
+    /// A slot to read a blob from the primary: a regular one, or for fresh
+    /// work whichever of a regular and an express one is free first.
+    async fn read_slot(&self) -> OwnedSemaphorePermit {
+        let fresh = super::FRESH.try_with(|f| *f).unwrap_or(false);
+        // The semaphores are never closed.
+        if fresh {
+            tokio::select! {
+                p = self.blob_reads.clone().acquire_owned() => p.expect("blob semaphore is never closed"),
+                p = self.express_reads.clone().acquire_owned() => p.expect("blob semaphore is never closed"),
+            }
+        } else {
+            self.blob_reads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("blob semaphore is never closed")
+        }
     }
 
     /// Upload slots for as many of `pending` as have one free now; if none

@@ -20,7 +20,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::Method;
@@ -38,7 +38,8 @@ pub const FANOUT_QUEUE_PIECES: usize = 4;
 pub const FANOUT_PIECE_BYTES: usize = 256 * 1024;
 /// How long, in all, one region's full queue may hold back the others of a
 /// shared read (they have room and wait for it) before it leaves the read
-/// and copies the blob on its own. That bounds the drift between the
+/// and copies the blob on its own — if that is also at least half of the
+/// read's time so far. That bounds the drift between the
 /// fastest and the slowest branch to about one second of the slow one's
 /// bandwidth plus its queue (1 MiB) and the socket buffers, and the waste
 /// (what it uploaded and sends again) to the same: measured 12.7 MiB for a
@@ -120,6 +121,7 @@ pub async fn fan_out(
         });
     }
 
+    let started = Instant::now();
     let mut verifier = Verifier::new(digest, Some(desc.size));
     let mut held: Option<Bytes> = None;
     let source_error: Option<RegistryError> = loop {
@@ -149,7 +151,7 @@ pub async fn fan_out(
                 while !rest.is_empty() {
                     let piece = rest.split_to(rest.len().min(FANOUT_PIECE_BYTES));
                     if let Some(prev) = held.replace(piece) {
-                        send_to_all(&mut lanes, prev, stall).await;
+                        send_to_all(&mut lanes, prev, stall, started).await;
                     }
                 }
                 if lanes.iter().all(|l| l.tx.is_none()) {
@@ -178,7 +180,7 @@ pub async fn fan_out(
     match &source_error {
         None => {
             if let Some(last) = held.take() {
-                send_to_all(&mut lanes, last, stall).await;
+                send_to_all(&mut lanes, last, stall, started).await;
             }
         }
         Some(e) => {
@@ -244,9 +246,11 @@ struct Lane {
 }
 
 /// Hands `chunk` to every live lane, waiting (up to `stall`) for full
-/// queues. A lane that keeps the others waiting for more than
-/// [`MAX_DRIFT`] in all is let go ([`RegistryError::Lagging`]).
-async fn send_to_all(lanes: &mut [Lane], chunk: Bytes, stall: Duration) {
+/// queues. A lane is let go ([`RegistryError::Lagging`]) once it has kept
+/// the others waiting for more than [`MAX_DRIFT`] in all *and* for at least
+/// half of the time the read has taken: a region that is merely a little
+/// slower now and then (a busy machine) stays in the shared read.
+async fn send_to_all(lanes: &mut [Lane], chunk: Bytes, stall: Duration, started: Instant) {
     for i in 0..lanes.len() {
         let Some(tx) = lanes[i].tx.clone() else {
             continue;
@@ -255,33 +259,53 @@ async fn send_to_all(lanes: &mut [Lane], chunk: Bytes, stall: Duration) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
             Err(mpsc::error::TrySendError::Full(item)) => {
-                // Others with room are waiting for this one.
-                let holding_back = lanes
-                    .iter()
-                    .enumerate()
-                    .any(|(j, l)| j != i && l.tx.as_ref().is_some_and(|t| t.capacity() > 0));
-                let limit = if holding_back {
-                    MAX_DRIFT.saturating_sub(lanes[i].held_back).min(stall)
-                } else {
-                    stall
-                };
-                let started = std::time::Instant::now();
-                let r = tokio::time::timeout(limit, tx.send(item)).await;
-                if holding_back {
-                    lanes[i].held_back += started.elapsed();
-                }
-                match r {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(None),
-                    Err(_) if holding_back && limit < stall => Err(Some(RegistryError::Lagging {
-                        url: lanes[i].url.clone(),
-                        after: MAX_DRIFT,
-                    })),
-                    Err(_) => Err(Some(RegistryError::Stalled {
-                        method: Method::PUT,
-                        url: lanes[i].url.clone(),
-                        after: stall,
-                    })),
+                let waiting_since = Instant::now();
+                loop {
+                    // Others with room are waiting for this one.
+                    let holding_back = lanes
+                        .iter()
+                        .enumerate()
+                        .any(|(j, l)| j != i && l.tx.as_ref().is_some_and(|t| t.capacity() > 0));
+                    let left = stall.saturating_sub(waiting_since.elapsed());
+                    let slice = if holding_back {
+                        MAX_DRIFT
+                            .saturating_sub(lanes[i].held_back)
+                            .max(Duration::from_millis(100))
+                            .min(left)
+                    } else {
+                        left
+                    };
+                    let t = Instant::now();
+                    let r = tokio::time::timeout(slice, tx.reserve()).await;
+                    if holding_back {
+                        lanes[i].held_back += t.elapsed();
+                    }
+                    match r {
+                        Ok(Ok(permit)) => {
+                            permit.send(item);
+                            break Ok(());
+                        }
+                        Ok(Err(_)) => break Err(None),
+                        Err(_) => {
+                            let held = lanes[i].held_back;
+                            if holding_back
+                                && held >= MAX_DRIFT
+                                && held.as_secs_f64() >= started.elapsed().as_secs_f64() / 2.0
+                            {
+                                break Err(Some(RegistryError::Lagging {
+                                    url: lanes[i].url.clone(),
+                                    after: held,
+                                }));
+                            }
+                            if waiting_since.elapsed() >= stall {
+                                break Err(Some(RegistryError::Stalled {
+                                    method: Method::PUT,
+                                    url: lanes[i].url.clone(),
+                                    after: stall,
+                                }));
+                            }
+                        }
+                    }
                 }
             }
         };

@@ -37,6 +37,15 @@ use known::{Facts, RegionId, RegionRepos, RepoState};
 use locks::KeyedLocks;
 pub use report::{Failure, RegionReport, SyncReport, TagReport, TagState};
 
+tokio::task_local! {
+    /// Set for work from a fresh push (the daemon's event items): it may
+    /// use the express read slots, so a long backfill does not delay it.
+    pub static FRESH: bool;
+}
+
+/// Blob reads only fresh work may use, beyond `max_concurrent_blobs`.
+pub const EXPRESS_READS: usize = 2;
+
 /// Where the store lives inside the state directory.
 pub fn store_path(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("store")
@@ -59,6 +68,8 @@ pub struct Engine {
     max_attempts: u32,
     /// Blob reads from the primary in flight (each fanned out).
     blob_reads: Arc<Semaphore>,
+    /// Extra reads for fresh work ([`FRESH`]).
+    express_reads: Arc<Semaphore>,
     /// Blob uploads in flight, per region.
     region_uploads: Vec<Arc<Semaphore>>,
     blob_locks: KeyedLocks<(RegionId, Digest)>,
@@ -134,6 +145,7 @@ impl Engine {
             timeouts: config.timeouts,
             max_attempts: config.max_attempts,
             blob_reads: Arc::new(Semaphore::new(config.concurrency.blobs)),
+            express_reads: Arc::new(Semaphore::new(EXPRESS_READS)),
             blob_locks: KeyedLocks::default(),
             byte_limits: config.regions.iter().map(|r| r.max_bytes_per_sec).collect(),
             manifest_locks: KeyedLocks::default(),

@@ -12,6 +12,7 @@
 //! breaker, retries transient failures with backoff (honouring
 //! `Retry-After`), and counts what it did.
 
+pub mod aimd;
 pub mod auth;
 pub mod breaker;
 pub mod error;
@@ -67,6 +68,8 @@ pub struct Registry {
     timeouts: Timeouts,
     stats: Arc<Stats>,
     limits: Arc<limit::Limits>,
+    /// Adapts the open-request limit to `429`s.
+    aimd: aimd::Aimd,
 }
 
 /// Which deadline a request gets.
@@ -146,14 +149,16 @@ impl Registry {
     ) -> Self {
         let stats = Arc::new(Stats::default());
         let display = config.display_url();
+        let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
         Registry {
+            aimd: aimd::Aimd::new(permits.clone(), config.max_concurrent_requests),
             name: config.name.clone(),
             base: config.url.clone(),
             breaker: Breaker::new(&config.name, &display),
             display,
             http,
             auth: Auth::new(config.credentials.clone(), stats.clone()),
-            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            permits,
             backoff: Backoff::new(max_attempts),
             timeouts,
             stats,
@@ -173,6 +178,22 @@ impl Registry {
             l.set_shared_bytes(limiter);
         }
         self
+    }
+
+    /// Lowers the open-request limit on a `429`, raises it slowly otherwise.
+    fn adapt(&self, status: StatusCode) {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            if let Some(n) = self.aimd.refused() {
+                tracing::info!(registry = %self.name, limit = n, "refused for load (429): fewer requests at once");
+            }
+        } else if let Some(n) = self.aimd.answered() {
+            tracing::debug!(registry = %self.name, limit = n, "more requests at once");
+        }
+    }
+
+    /// The current limit on open requests (it drops on `429`s).
+    pub fn concurrency_limit(&self) -> usize {
+        self.aimd.limit()
     }
 
     /// A `429` or `503` with `Retry-After` pauses every request to this
@@ -311,6 +332,7 @@ impl Registry {
                 Ok(resp) => {
                     self.breaker.record_success();
                     let status = resp.status();
+                    self.adapt(status);
                     if status == StatusCode::UNAUTHORIZED && !reauthenticated {
                         let challenge = resp
                             .headers()
@@ -880,6 +902,7 @@ impl Registry {
         })?;
         self.breaker.record_success();
         let status = resp.status();
+        self.adapt(status);
         if status == StatusCode::CREATED || status == StatusCode::NO_CONTENT {
             self.stats.written(size);
             Ok(())

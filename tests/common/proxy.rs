@@ -28,6 +28,9 @@ pub struct Faults {
     pub busy_until: Option<(std::time::Instant, u64)>,
     /// Read upload bodies this slowly (bytes per second): a slow link.
     pub slow_uploads: Option<u64>,
+    /// A quota: answer `429` (no Retry-After) to a request arriving while
+    /// this many are already open.
+    pub max_in_flight: Option<usize>,
 }
 
 /// What passed through the proxy, with times.
@@ -73,6 +76,7 @@ struct St {
     http: reqwest::Client,
     hits: Arc<Mutex<Vec<(Method, String)>>>,
     traffic: Arc<Mutex<Traffic>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -82,6 +86,7 @@ impl Proxy {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let traffic = Arc::new(Mutex::new(Traffic::default()));
         let st = St {
+            open: Arc::default(),
             traffic: traffic.clone(),
             upstream: upstream.trim_end_matches('/').to_owned(),
             faults,
@@ -128,6 +133,26 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         .unwrap_or_else(|| "/".to_owned());
     st.hits.lock().unwrap().push((method.clone(), pq.clone()));
     let arrived = std::time::Instant::now();
+    let open = st.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    // Counted open until this request has been answered.
+    struct Open(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _open = Open(st.open.clone());
+    if st.faults.max_in_flight.is_some_and(|max| open >= max) {
+        st.traffic
+            .lock()
+            .unwrap()
+            .requests
+            .push((arrived, method, pq, 429));
+        return Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .body(Body::from("quota: too many requests at once (test proxy)"))
+            .unwrap();
+    }
     if let Some((until, secs)) = st.faults.busy_until
         && arrived < until
     {
