@@ -10,7 +10,10 @@ use crate::daemon::Daemon;
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_with_state_dir(&args.config)?;
+    // Handlers first: a SIGTERM as soon as the port answers must drain,
+    // not kill.
+    let stop = crate::shutdown::os_signal();
     let daemon = Daemon::build(config).await?;
-    daemon.run(crate::shutdown::os_signal()).await?;
+    daemon.run(stop).await?;
     Ok(exit(EXIT_OK))
 }

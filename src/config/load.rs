@@ -791,6 +791,34 @@ regions:
     }
 
     #[test]
+    fn limits_take_human_sizes_and_refuse_others() {
+        let text = format!(
+            "{MINIMAL}limits:\n  max_bytes_per_sec: 50MiB\n  total_max_bytes_per_sec: 1GB\n  max_requests_per_sec: 20\n"
+        );
+        let c = load_str(Path::new("c.yaml"), &text, &no_env).unwrap();
+        assert_eq!(c.primary.max_bytes_per_sec, Some(50 << 20));
+        assert_eq!(c.regions[1].max_requests_per_sec, Some(20));
+        assert_eq!(c.total_max_bytes_per_sec, Some(1_000_000_000));
+        let bad = MINIMAL.replace(
+            "    url: http://127.0.0.1:5001\n",
+            "    url: http://127.0.0.1:5001\n    max_bytes_per_sec: fast\n",
+        );
+        let err = load_str(Path::new("c.yaml"), &bad, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.yaml:8:24") && err.contains("\"fast\" is not a size"),
+            "{err}"
+        );
+        assert_eq!(super::super::parse_size("1.5 KiB"), Ok(1536));
+        assert_eq!(super::super::parse_size("8MiB/s"), Ok(8 << 20));
+        assert_eq!(super::super::parse_size("1048576"), Ok(1 << 20));
+        assert!(super::super::parse_size("0MB").is_err());
+        assert!(super::super::parse_size("-1MB").is_err());
+        assert!(super::super::parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
     fn globs_filter_repositories() {
         let text = format!(
             "{MINIMAL}repositories:\n  include: [\"team/**\", \"base\"]\n  exclude: [\"team/*/tmp-*\"]\n"
