@@ -13,6 +13,24 @@ use georep::registry::Scope;
 
 const MIB: f64 = (1 << 20) as f64;
 
+/// Pushes a corpus, syncs it to the cluster's one region through a proxy
+/// with `faults`, checks the region, and returns the proxy (its traffic).
+async fn sync_through(cluster: &Cluster, seed: u64, faults: Faults, extra: &str) -> Proxy {
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(seed)).await;
+    let proxy = Proxy::start(&cluster.replicas[0].url(), faults).await;
+    let config = cluster.config(
+        &cluster.primary.url(),
+        std::slice::from_ref(&proxy.url),
+        extra,
+    );
+    let (code, report) = sync_json(&config, &[]).await;
+    assert_eq!(code, 0, "{report:#}");
+    verify_region(&cluster.primary.url(), &cluster.replicas[0].url(), &corpus)
+        .await
+        .unwrap();
+    proxy
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limited_region_gets_its_rate_and_the_other_is_not_slowed() {
     let cluster = Cluster::start(2).await;
@@ -122,25 +140,11 @@ async fn a_request_rate_limit_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_pauses_every_request_to_that_registry() {
     let cluster = Cluster::start(1).await;
-    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(62)).await;
-    let proxy = Proxy::start(
-        &cluster.replicas[0].url(),
-        Faults {
-            busy_until: Some((Instant::now() + Duration::from_secs(3), 2)),
-            ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(
-        &cluster.primary.url(),
-        std::slice::from_ref(&proxy.url),
-        "max_attempts: 6\n",
-    );
-    let (code, report) = sync_json(&config, &[]).await;
-    assert_eq!(code, 0, "{report:#}");
-    verify_region(&cluster.primary.url(), &cluster.replicas[0].url(), &corpus)
-        .await
-        .unwrap();
+    let faults = Faults {
+        busy_until: Some((Instant::now() + Duration::from_secs(3), 2)),
+        ..Faults::default()
+    };
+    let proxy = sync_through(&cluster, 62, faults, "max_attempts: 6\n").await;
 
     // After a 429, nothing reaches the registry until its Retry-After has
     // passed (requests already on their way when it was sent excepted).
@@ -234,25 +238,11 @@ async fn a_region_slower_than_its_peers_leaves_the_shared_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_429s_lower_the_concurrency_below_the_quota() {
     let cluster = Cluster::start(1).await;
-    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(63)).await;
-    let proxy = Proxy::start(
-        &cluster.replicas[0].url(),
-        Faults {
-            max_in_flight: Some(3),
-            ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(
-        &cluster.primary.url(),
-        std::slice::from_ref(&proxy.url),
-        "max_attempts: 10\n",
-    );
-    let (code, report) = sync_json(&config, &[]).await;
-    assert_eq!(code, 0, "{report:#}");
-    verify_region(&cluster.primary.url(), &cluster.replicas[0].url(), &corpus)
-        .await
-        .unwrap();
+    let faults = Faults {
+        max_in_flight: Some(3),
+        ..Faults::default()
+    };
+    let proxy = sync_through(&cluster, 63, faults, "max_attempts: 10\n").await;
     let t = proxy.traffic.lock().unwrap();
     let n = t.requests.len();
     let refused = |rs: &[(Instant, axum::http::Method, String, u16)]| {
@@ -265,8 +255,10 @@ async fn repeated_429s_lower_the_concurrency_below_the_quota() {
         refused(second)
     );
     assert!(refused(first) > 0, "the quota was never hit");
+    // Without adapting, requests sent up to 16 at once against a quota of
+    // 3 would keep being refused; once settled, almost none are.
     assert!(
-        refused(second) * 4 <= refused(first).max(4),
+        refused(second) * 20 <= second.len(),
         "georep did not settle below the quota"
     );
 }

@@ -142,30 +142,22 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         }
     }
     let _open = Open(st.open.clone());
-    if st.faults.max_in_flight.is_some_and(|max| open >= max) {
+    let retry_after = match st.faults.busy_until {
+        Some((until, secs)) if arrived < until => Some(Some(secs)),
+        _ if st.faults.max_in_flight.is_some_and(|max| open >= max) => Some(None),
+        _ => None,
+    };
+    if let Some(secs) = retry_after {
         st.traffic
             .lock()
             .unwrap()
             .requests
             .push((arrived, method, pq, 429));
-        return Response::builder()
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .body(Body::from("quota: too many requests at once (test proxy)"))
-            .unwrap();
-    }
-    if let Some((until, secs)) = st.faults.busy_until
-        && arrived < until
-    {
-        st.traffic
-            .lock()
-            .unwrap()
-            .requests
-            .push((arrived, method, pq, 429));
-        return Response::builder()
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .header("retry-after", secs.to_string())
-            .body(Body::from("slow down (test proxy)"))
-            .unwrap();
+        let mut r = Response::builder().status(StatusCode::TOO_MANY_REQUESTS);
+        if let Some(secs) = secs {
+            r = r.header("retry-after", secs.to_string());
+        }
+        return r.body(Body::from("slow down (test proxy)")).unwrap();
     }
 
     if let Some((repo, tag)) = &st.faults.schema1_tag {
