@@ -295,16 +295,32 @@ impl Engine {
         &self,
         pending: &[RegionId],
     ) -> Vec<(RegionId, OwnedSemaphorePermit)> {
+        // Fresh work may also take a region's express slots.
+        let fresh = super::FRESH.try_with(|f| *f).unwrap_or(false);
+        let pools = |r: RegionId| -> Vec<Arc<tokio::sync::Semaphore>> {
+            if fresh {
+                vec![
+                    self.region_uploads[r].clone(),
+                    self.express_uploads[r].clone(),
+                ]
+            } else {
+                vec![self.region_uploads[r].clone()]
+            }
+        };
         let mut got = Vec::new();
         for &r in pending {
-            if let Ok(p) = self.region_uploads[r].clone().try_acquire_owned() {
+            if let Some(p) = pools(r)
+                .into_iter()
+                .find_map(|s| s.try_acquire_owned().ok())
+            {
                 got.push((r, p));
             }
         }
         if got.is_empty() {
-            let waits = pending.iter().map(|&r| {
-                let sem: Arc<tokio::sync::Semaphore> = self.region_uploads[r].clone();
-                Box::pin(async move { (r, sem.acquire_owned().await) })
+            let waits = pending.iter().flat_map(|&r| {
+                pools(r)
+                    .into_iter()
+                    .map(move |sem| Box::pin(async move { (r, sem.acquire_owned().await) }))
             });
             let ((r, permit), _, _) = futures::future::select_all(waits).await;
             if let Ok(p) = permit {

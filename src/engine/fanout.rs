@@ -38,8 +38,8 @@ pub const FANOUT_QUEUE_PIECES: usize = 4;
 pub const FANOUT_PIECE_BYTES: usize = 256 * 1024;
 /// How long, in all, one region's full queue may hold back the others of a
 /// shared read (they have room and wait for it) before it leaves the read
-/// and copies the blob on its own — if that is also at least half of the
-/// read's time so far. That bounds the drift between the
+/// and copies the blob on its own — if that is also at least
+/// [`HELD_SHARE`] of the read's time so far. That bounds the drift between the
 /// fastest and the slowest branch to about one second of the slow one's
 /// bandwidth plus its queue (1 MiB) and the socket buffers, and the waste
 /// (what it uploaded and sends again) to the same: measured 12.7 MiB for a
@@ -47,6 +47,11 @@ pub const FANOUT_PIECE_BYTES: usize = 256 * 1024;
 /// (a lower `max_bytes_per_sec`) never share a read with faster ones in the
 /// first place (`Engine::speed_classes`).
 pub const MAX_DRIFT: Duration = Duration::from_secs(1);
+/// The share of a read's time a lane must have held the others back to be
+/// let go: 3/4, i.e. a region about four times slower than its peers. At
+/// 1/2 (twice as slow) a busy 2-core machine running several registries
+/// split shared reads that should have stayed shared.
+pub const HELD_SHARE: f64 = 0.75;
 
 /// One region taking part in a fan-out.
 pub struct Target {
@@ -248,8 +253,8 @@ struct Lane {
 /// Hands `chunk` to every live lane, waiting (up to `stall`) for full
 /// queues. A lane is let go ([`RegistryError::Lagging`]) once it has kept
 /// the others waiting for more than [`MAX_DRIFT`] in all *and* for at least
-/// half of the time the read has taken: a region that is merely a little
-/// slower now and then (a busy machine) stays in the shared read.
+/// [`HELD_SHARE`] of the time the read has taken: a region that is merely
+/// a little slower now and then (a busy machine) stays in the shared read.
 async fn send_to_all(lanes: &mut [Lane], chunk: Bytes, stall: Duration, started: Instant) {
     for i in 0..lanes.len() {
         let Some(tx) = lanes[i].tx.clone() else {
@@ -290,7 +295,8 @@ async fn send_to_all(lanes: &mut [Lane], chunk: Bytes, stall: Duration, started:
                             let held = lanes[i].held_back;
                             if holding_back
                                 && held >= MAX_DRIFT
-                                && held.as_secs_f64() >= started.elapsed().as_secs_f64() / 2.0
+                                && held.as_secs_f64()
+                                    >= started.elapsed().as_secs_f64() * HELD_SHARE
                             {
                                 break Err(Some(RegistryError::Lagging {
                                     url: lanes[i].url.clone(),

@@ -45,6 +45,9 @@ tokio::task_local! {
 
 /// Blob reads only fresh work may use, beyond `max_concurrent_blobs`.
 pub const EXPRESS_READS: usize = 2;
+/// Blob uploads per region only fresh work may use, beyond
+/// `max_concurrent_blobs_per_region`.
+pub const EXPRESS_UPLOADS: usize = 2;
 
 /// Where the store lives inside the state directory.
 pub fn store_path(config: &Config) -> std::path::PathBuf {
@@ -72,6 +75,8 @@ pub struct Engine {
     express_reads: Arc<Semaphore>,
     /// Blob uploads in flight, per region.
     region_uploads: Vec<Arc<Semaphore>>,
+    /// Extra uploads per region for fresh work ([`FRESH`]).
+    express_uploads: Vec<Arc<Semaphore>>,
     blob_locks: KeyedLocks<(RegionId, Digest)>,
     /// Each region's bandwidth limit, which decides who shares a read.
     byte_limits: Vec<Option<u64>>,
@@ -136,6 +141,10 @@ impl Engine {
             region_uploads: regions
                 .iter()
                 .map(|_| Arc::new(Semaphore::new(config.concurrency.blobs_per_region)))
+                .collect(),
+            express_uploads: regions
+                .iter()
+                .map(|_| Arc::new(Semaphore::new(EXPRESS_UPLOADS)))
                 .collect(),
             counters: regions.iter().map(|_| RegionCounters::default()).collect(),
             primary,
