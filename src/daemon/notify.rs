@@ -104,10 +104,7 @@ impl Notifier {
 
     /// Queues `n` for every target that wants it; never waits.
     pub fn send(&self, n: Notification) {
-        let wanted = self.targets.iter().any(|t| match n.event {
-            "replicated" => t.on_replicated,
-            _ => t.on_complete,
-        });
+        let wanted = self.targets.iter().any(|t| wants(t, n.event));
         if wanted && self.tx.try_send(n).is_err() {
             tracing::warn!("outgoing notification queue full: dropping one");
         }
@@ -130,11 +127,7 @@ impl Notifier {
                     let http = http.clone();
                     async move {
                         for t in &shared.notifier.targets {
-                            let wants = match n.event {
-                                "replicated" => t.on_replicated,
-                                _ => t.on_complete,
-                            };
-                            if wants {
+                            if wants(t, n.event) {
                                 deliver(&shared, &http, t, &n).await;
                             }
                         }
@@ -147,6 +140,14 @@ impl Notifier {
                 _ = stop.wait() => {}
             }
         })
+    }
+}
+
+/// Whether target `t` asked for notifications of kind `event`.
+fn wants(t: &NotifyTarget, event: &str) -> bool {
+    match event {
+        "replicated" => t.on_replicated,
+        _ => t.on_complete,
     }
 }
 

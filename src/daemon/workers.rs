@@ -284,18 +284,20 @@ async fn copy_group(
 /// within the hourly cap; a dry run only says what it would do.
 async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str) -> Outcome {
     let region = &shared.engine.regions()[r];
-    let sep = if reference.contains(':') { "@" } else { ":" };
+    // A digest has a ':'; a tag cannot.
+    let by_digest = reference.contains(':');
+    let what = image_ref(repository, reference);
     if shared.config.daemon.deletes_dry_run {
         tracing::info!(
             region = %region.name(),
-            "dry run: would delete {repository}{sep}{reference} (deleted on the primary)"
+            "dry run: would delete {what} (deleted on the primary)"
         );
         return Outcome::Done;
     }
     // The cap counts manifests (content) deleted, durably (a restart does
     // not reset it); removing a tag alone deletes no content and is not
     // capped.
-    if sep == "@" {
+    if by_digest {
         match shared.store().take_delete(
             r,
             shared.config.daemon.max_deletes_per_hour,
@@ -334,7 +336,7 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
                 shared.metrics.regions[r]
                     .deletes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(region = %region.name(), "deleted {repository}{sep}{reference}");
+                tracing::info!(region = %region.name(), "deleted {what}");
             }
             Outcome::Done
         }
@@ -342,7 +344,7 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
         // the manifest (the event before this one), so there is nothing
         // left to do.
         Err(e)
-            if sep == ":"
+            if !by_digest
                 && matches!(
                     e.status(),
                     Some(
@@ -353,10 +355,7 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
             tracing::debug!(region = %region.name(), "the region cannot delete a tag alone: {e:#}");
             Outcome::Done
         }
-        Err(e) => Outcome::Failed(Cause::of(
-            format_args!("deleting {repository}{sep}{reference}"),
-            &e,
-        )),
+        Err(e) => Outcome::Failed(Cause::of(format_args!("deleting {what}"), &e)),
     }
 }
 
@@ -372,12 +371,7 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
     let store = shared.store();
     let region = shared.engine.regions()[r].name();
     let m = &shared.metrics.regions[r];
-    let what = format!(
-        "{}{}{}",
-        q.repository,
-        if q.reference.contains(':') { "@" } else { ":" },
-        q.reference
-    );
+    let what = image_ref(&q.repository, &q.reference);
     match outcome {
         Outcome::Done
         | Outcome::Failed(Cause {
@@ -477,6 +471,12 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
             }
         }
     }
+}
+
+/// `repo:tag` or `repo@digest`, for messages.
+fn image_ref(repository: &str, reference: &str) -> String {
+    let sep = if reference.contains(':') { '@' } else { ':' };
+    format!("{repository}{sep}{reference}")
 }
 
 fn retry_backoff(shared: &Shared) -> Backoff {

@@ -24,7 +24,6 @@ const CELL_BYTES: u64 = 1024;
 /// A bandwidth limit, shareable by many streams.
 pub struct ByteLimiter {
     limiter: DefaultDirectRateLimiter,
-    bytes_per_sec: u64,
 }
 
 impl ByteLimiter {
@@ -37,12 +36,7 @@ impl ByteLimiter {
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         ByteLimiter {
             limiter: RateLimiter::direct(quota),
-            bytes_per_sec,
         }
-    }
-
-    pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec
     }
 
     /// Waits until `bytes` may pass.

@@ -191,11 +191,6 @@ impl Registry {
         }
     }
 
-    /// The current limit on open requests (it drops on `429`s).
-    pub fn concurrency_limit(&self) -> usize {
-        self.aimd.limit()
-    }
-
     /// A `429` or `503` with `Retry-After` pauses every request to this
     /// registry for that long (capped), not just the one retried.
     fn pause_if_asked(&self, e: &RegistryError) {
