@@ -663,9 +663,25 @@ impl Registry {
         reference: &str,
     ) -> Result<bool, RegistryError> {
         let url = self.manifest_url(repository, reference);
+        self.delete(Op::ManifestDelete, url, repository).await
+    }
+
+    /// `DELETE` a blob from a repository (the registry unlinks it; its
+    /// garbage collection frees the space). `false` if it was not there.
+    /// Registries with deletes disabled answer 405, an error here.
+    pub async fn delete_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let url = self.blob_url(repository, digest);
+        self.delete(Op::BlobDelete, url, repository).await
+    }
+
+    async fn delete(&self, op: Op, url: url::Url, repository: &str) -> Result<bool, RegistryError> {
         let a = self
             .send(
-                Op::ManifestDelete,
+                op,
                 Method::DELETE,
                 url,
                 &Scope::delete(repository),

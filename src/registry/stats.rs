@@ -20,11 +20,12 @@ pub enum Op {
     UploadPut,
     UploadCancel,
     ManifestDelete,
+    BlobDelete,
     Token,
 }
 
 impl Op {
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 15] = [
         Op::Ping,
         Op::Catalog,
         Op::TagsList,
@@ -38,6 +39,7 @@ impl Op {
         Op::UploadPut,
         Op::UploadCancel,
         Op::ManifestDelete,
+        Op::BlobDelete,
         Op::Token,
     ];
 
@@ -56,6 +58,7 @@ impl Op {
             Op::UploadPut => "upload_put",
             Op::UploadCancel => "upload_cancel",
             Op::ManifestDelete => "manifest_delete",
+            Op::BlobDelete => "blob_delete",
             Op::Token => "token",
         }
     }

@@ -382,6 +382,23 @@ impl Store {
             .and_then(|v| decode(&v))
     }
 
+    /// The diff of one listed tag: the regions of `0..regions` that the
+    /// store does not say hold `digest` under `repository:tag`.
+    pub fn regions_behind(
+        &self,
+        regions: usize,
+        repository: &str,
+        tag: &str,
+        digest: &Digest,
+    ) -> Vec<RegionId> {
+        (0..regions)
+            .filter(|&r| {
+                self.manifest(r, repository, tag)
+                    .is_none_or(|f| &f.digest != digest)
+            })
+            .collect()
+    }
+
     pub fn has_manifest(&self, r: RegionId, repository: &str, digest: &Digest) -> bool {
         self.manifest(r, repository, digest.as_str()).is_some()
     }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::daemon::Shared;
 use crate::shutdown::Signal;
 use crate::store::queue::{Action, Change, Origin, WorkItem};
-use crate::store::{RegionId, now_unix, now_unix_ms};
+use crate::store::{now_unix, now_unix_ms};
 
 /// Changes written to the store per transaction.
 const BATCH: usize = 256;
@@ -74,13 +74,7 @@ pub async fn reconcile(shared: &Shared) {
         while let Some(job) = rx.recv().await {
             let now = now_unix_ms();
             for tag in &job.tags {
-                let behind: Vec<RegionId> = (0..regions)
-                    .filter(|&r| {
-                        store
-                            .manifest(r, &job.repository, tag)
-                            .is_none_or(|f| f.digest != job.digest)
-                    })
-                    .collect();
+                let behind = store.regions_behind(regions, &job.repository, tag, &job.digest);
                 if behind.is_empty() {
                     continue;
                 }
