@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::progress::ProgressMode;
+use crate::bench::runner::Peer;
 use crate::corpus::Preset;
 
 #[derive(Debug, Parser)]
@@ -41,6 +43,15 @@ pub enum Command {
     /// Start a local primary and two replica registries, push sample images,
     /// replicate them and show where each tag landed.
     Demo(DemoArgs),
+    /// Measure copy throughput: a raw baseline, georep (cold and no-op) and
+    /// skopeo, side by side on one generated corpus, every run verified.
+    Bench(Box<BenchArgs>),
+    /// (Internal) one measured run of `georep bench`.
+    #[command(hide = true)]
+    BenchChild(BenchChildArgs),
+    /// (Internal) runs a command and records the CPU and memory it used.
+    #[command(hide = true)]
+    BenchExec(BenchExecArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,4 +126,111 @@ pub struct DemoArgs {
     /// Keep the registries running after the demo until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep bench                                  # small corpus, 3 local regions
+  georep bench --preset medium --svg bench.svg  # ~1.5 GiB, with a chart
+  georep bench --sweep 1,2,4,8,16 --json > bench.json
+  georep bench --repositories 4 --tags 2 --big-layers 1 --big-layer-size 512MiB
+  georep bench --config georep.yaml --preset small   # your registries, under georep-bench/
+
+Exit status: 0 every run verified, 1 some run failed or left a region
+different from the primary, 2 bad usage or setup.")]
+pub struct BenchArgs {
+    /// Corpus size: small ~200 MiB, medium ~1.5 GiB, large ~8 GiB.
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    pub preset: Preset,
+    /// Seed of the generated corpus (same seed, same bytes).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Replica regions to start (local registries only).
+    #[arg(long, default_value_t = 3)]
+    pub regions: usize,
+    /// Benchmark the registries of this config instead of local ones. Only
+    /// repositories under georep-bench/ are written (the regions need
+    /// deletes enabled, to be wiped between runs) and they are deleted
+    /// afterwards unless --keep.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Repositories (overrides the preset).
+    #[arg(long)]
+    pub repositories: Option<usize>,
+    /// Images per repository, tagged v1..vN (plus `latest` on the last).
+    #[arg(long)]
+    pub tags: Option<usize>,
+    /// Layers of each image besides the shared base layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Size of those layers: SIZE or MIN..MAX (e.g. 1MiB..10MiB).
+    #[arg(long)]
+    pub layer_size: Option<String>,
+    /// Base layers shared by every image.
+    #[arg(long)]
+    pub base_layers: Option<usize>,
+    /// Size of the base layers: SIZE or MIN..MAX.
+    #[arg(long)]
+    pub base_layer_size: Option<String>,
+    /// Extra large layers, spread over the first images.
+    #[arg(long)]
+    pub big_layers: Option<usize>,
+    /// Size of the large layers: SIZE or MIN..MAX (e.g. 100MiB..140MiB).
+    #[arg(long)]
+    pub big_layer_size: Option<String>,
+    /// Every n-th tag is a two-platform index (0: none).
+    #[arg(long)]
+    pub multi_arch_every: Option<usize>,
+    /// Blobs in flight for the raw baseline and georep (default: the
+    /// config's max_concurrent_blobs).
+    #[arg(long, conflicts_with = "sweep")]
+    pub concurrency: Option<usize>,
+    /// Run raw and georep at each of these concurrency levels (e.g.
+    /// 1,2,4,8,16); the chart then plots MiB/s per level.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<usize>,
+    /// Raw + georep cold runs per level (the ratio is their mean).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Run skopeo sync as a peer.
+    #[arg(long, value_enum, default_value_t = Peer::Auto)]
+    pub skopeo: Peer,
+    /// Verify tags, manifests and blob presence only, without reading every
+    /// blob back from every region.
+    #[arg(long)]
+    pub quick_verify: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the chart to this SVG file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Progress on stderr.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Working directory for registries, logs and plans (default: a
+    /// temporary directory, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the working directory, and on --config registries the
+    /// benchmark's repositories.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchChildArgs {
+    /// The run's plan (JSON), written by `georep bench`.
+    #[arg(long)]
+    pub plan: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchExecArgs {
+    /// Where to write the CPU time and peak RSS (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

@@ -141,7 +141,7 @@ impl CorpusSpec {
             },
             Preset::Small => CorpusSpec {
                 seed,
-                repositories: (1..=5).map(|i| format!("bench/svc{i}")).collect(),
+                repositories: bench_repositories(5),
                 tags_per_repository: 4,
                 layers_per_image: 2,
                 layer_bytes: (MIB, 6 * MIB),
@@ -155,7 +155,7 @@ impl CorpusSpec {
             },
             Preset::Medium => CorpusSpec {
                 seed,
-                repositories: (1..=15).map(|i| format!("bench/svc{i:02}")).collect(),
+                repositories: bench_repositories(15),
                 tags_per_repository: 4,
                 layers_per_image: 2,
                 layer_bytes: (MIB, 10 * MIB),
@@ -169,13 +169,13 @@ impl CorpusSpec {
             },
             Preset::Large => CorpusSpec {
                 seed,
-                repositories: (1..=30).map(|i| format!("bench/svc{i:02}")).collect(),
+                repositories: bench_repositories(30),
                 tags_per_repository: 8,
-                layers_per_image: 3,
-                layer_bytes: (4 * MIB, 20 * MIB),
+                layers_per_image: 2,
+                layer_bytes: (2 * MIB, 16 * MIB),
                 base_layers: 6,
                 base_layer_bytes: (32 * MIB, 64 * MIB),
-                big_layers: 24,
+                big_layers: 16,
                 big_layer_bytes: (100 * MIB, 200 * MIB),
                 multi_arch_every: 5,
                 exotic: false,
@@ -183,6 +183,12 @@ impl CorpusSpec {
             },
         }
     }
+}
+
+/// `n` repository names under the benchmark's prefix
+/// (`georep-bench/svc01`...).
+pub fn bench_repositories(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("georep-bench/svc{i:02}")).collect()
 }
 
 /// A blob: pseudo-random bytes from `seed`, or fixed small bytes.

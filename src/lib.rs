@@ -4,10 +4,12 @@
 //!
 //! - [`api`] — the daemon's HTTP API (axum): webhook, health, readiness,
 //!   status, Prometheus metrics.
-//! - [`bench`] — the raw copy baseline that throughput is compared with.
+//! - [`bench`] — `georep bench`: a generated corpus copied by the raw
+//!   baseline, georep and skopeo side by side, each run a measured child
+//!   process, every run verified; table, JSON and SVG chart.
 //! - [`cli`] — command-line definitions (clap) only.
 //! - [`commands`] — one file per subcommand: `run`, `sync`, `wait`, `status`,
-//!   `check-config`, `demo`.
+//!   `check-config`, `demo`, `bench`.
 //! - [`daemon`] — `georep run`: build then run; per-region workers over the
 //!   durable queue; outgoing notifications.
 //! - [`config`] — the YAML config: serde types, loading, validation with

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
             Command::Status(a) => commands::status::run(a).await,
             Command::CheckConfig(a) => commands::check_config::run(a),
             Command::Demo(a) => commands::demo::run(a).await,
+            Command::Bench(a) => commands::bench::run(a).await,
+            Command::BenchChild(a) => commands::bench::child(a).await,
+            Command::BenchExec(a) => commands::bench::exec(a),
         }
     });
     match result {

@@ -1,13 +1,28 @@
-//! Throughput measurement: the raw baseline that georep is compared with.
+//! Throughput measurement: `georep bench` ([`runner`]) and the raw
+//! baseline georep is compared with.
 //!
 //! The baseline is the practical ceiling of a machine and its registries:
 //! for every unique blob, one `GET` from the primary streamed into one
-//! monolithic `PUT` per region, with no HEADs, no hashing, no manifests and
-//! no retries — what a hand-written `curl | tee` pipeline would do. georep's
+//! monolithic `PUT` per region, with no HEADs, no hashing and no manifests
+//! — what a hand-written `curl | tee` pipeline would do. georep's
 //! throughput is reported as a ratio to it, measured in the same run, which
 //! stays meaningful on a noisy machine where absolute MiB/s do not.
+//!
+//! - [`runner`]: the runs, their order, the ratios; [`target`]: local
+//!   registries or an operator's; [`child`]: each measured run as its own
+//!   process; [`skopeo`]: the peer; [`verify`]: regions vs the primary;
+//!   [`output`]: table and SVG chart; [`progress`]: bars or plain lines.
+
+pub mod child;
+pub mod output;
+pub mod progress;
+pub mod runner;
+pub mod skopeo;
+pub mod target;
+pub mod verify;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,30 +44,55 @@ pub struct RawCopy {
     pub bytes: u64,
 }
 
-/// Copies every unique blob of `corpus` from `primary` to each of
-/// `regions`, `concurrency` blobs at a time, each blob into the first
-/// repository that holds it.
-pub async fn raw_copy(
-    primary: &Registry,
-    regions: &[Registry],
-    corpus: &Corpus,
-    concurrency: usize,
-) -> Result<RawCopy, RegistryError> {
+/// One blob of the raw baseline's work: where it is read and written.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RawBlob {
+    pub repository: String,
+    pub digest: crate::digest::Digest,
+    pub size: u64,
+}
+
+/// Every unique blob of `corpus`, each in the first repository that holds it.
+pub fn unique_blobs(corpus: &Corpus) -> Vec<RawBlob> {
     let mut seen = HashSet::new();
     let mut work = Vec::new();
     for (repo, blobs) in &corpus.blobs {
         for b in blobs.values() {
             if seen.insert(b.digest.clone()) {
-                work.push((repo.clone(), b.clone()));
+                work.push(RawBlob {
+                    repository: repo.clone(),
+                    digest: b.digest.clone(),
+                    size: b.size,
+                });
             }
         }
     }
-    let bytes = work.iter().map(|(_, b)| b.size).sum();
+    work
+}
+
+/// The raw baseline over `work`, `concurrency` blobs at a time; `moved`
+/// counts the bytes handed to the regions' uploads as they go.
+pub async fn raw_copy_blobs(
+    primary: &Registry,
+    regions: &[Registry],
+    work: &[RawBlob],
+    concurrency: usize,
+    moved: Option<&AtomicU64>,
+) -> Result<RawCopy, RegistryError> {
+    let bytes = work.iter().map(|b| b.size).sum();
     let blobs = work.len();
     let started = Instant::now();
     let mut copies = futures::stream::iter(work)
-        .map(|(repo, blob)| async move {
-            raw_copy_blob(primary, regions, &repo, &repo, &blob.digest, blob.size).await
+        .map(|b| {
+            raw_copy_blob(
+                primary,
+                regions,
+                &b.repository,
+                &b.repository,
+                &b.digest,
+                b.size,
+                moved,
+            )
         })
         .buffer_unordered(concurrency.max(1));
     while let Some(r) = copies.next().await {
@@ -75,6 +115,7 @@ pub async fn raw_copy_blob(
     to_repo: &str,
     digest: &crate::digest::Digest,
     size: u64,
+    moved: Option<&AtomicU64>,
 ) -> Result<(), RegistryError> {
     let mut sessions = Vec::with_capacity(regions.len());
     for r in regions {
@@ -94,6 +135,9 @@ pub async fn raw_copy_blob(
     let pump = async {
         while let Some(chunk) = src.next().await {
             let chunk = chunk?;
+            if let Some(m) = moved {
+                m.fetch_add((chunk.len() * senders.len()) as u64, Ordering::Relaxed);
+            }
             for tx in &senders {
                 // A failed PUT shows in its own result.
                 let _ = tx.send(Ok(chunk.clone())).await;
@@ -127,10 +171,11 @@ pub async fn raw_copy_image(
         url: primary.url().to_owned(),
         reason: e.to_string(),
     })?;
-    let blobs = refs
-        .blobs
-        .iter()
-        .map(|b| raw_copy_blob(primary, regions, from_repo, to_repo, &b.digest, b.size));
+    let blobs = refs.blobs.iter().map(|b| {
+        raw_copy_blob(
+            primary, regions, from_repo, to_repo, &b.digest, b.size, None,
+        )
+    });
     futures::future::join_all(blobs)
         .await
         .into_iter()

@@ -1,6 +1,7 @@
 //! One file per subcommand. Each returns the process exit code, or an error
 //! that `main` prints and turns into exit code 2.
 
+pub mod bench;
 pub mod check_config;
 pub mod demo;
 pub mod run;
