@@ -319,6 +319,21 @@ fn registry_bin() -> String {
     std::env::var("GEOREP_REGISTRY_BIN").unwrap_or_else(|_| DEFAULT_REGISTRY_BIN.to_owned())
 }
 
+/// The working directory of a command that starts local registries: the
+/// one given, or a new `<tmp>/<name>-<pid>` (then `true`: the caller removes
+/// it at the end). Created, and made absolute.
+pub fn work_dir(given: Option<&Path>, name: &str) -> anyhow::Result<(PathBuf, bool)> {
+    let (dir, temporary) = match given {
+        Some(d) => (d.to_owned(), false),
+        None => (
+            std::env::temp_dir().join(format!("{name}-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok((std::path::absolute(&dir)?, temporary))
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;

@@ -205,15 +205,7 @@ impl Drop for TempDir {
 
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let progress = Progress::new(opts.progress);
-    let (dir, temporary) = match &opts.dir {
-        Some(d) => (d.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("georep-bench-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = std::path::absolute(&dir)?;
+    let (dir, temporary) = crate::localreg::work_dir(opts.dir.as_deref(), "georep-bench")?;
     // Declared before the registries: dropped (removed) after they stop.
     let _cleanup = TempDir((temporary && !opts.keep).then(|| dir.clone()));
 

@@ -22,15 +22,7 @@ const PRIMARY: &str = "westeurope";
 const REGIONS: [&str; 2] = ["eastus", "japaneast"];
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let (dir, temporary) = match &args.dir {
-        Some(d) => (d.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("georep-demo-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = std::path::absolute(&dir)?;
+    let (dir, temporary) = crate::localreg::work_dir(args.dir.as_deref(), "georep-demo")?;
 
     eprintln!(
         "starting a primary and {} replica registries in {} ...",
