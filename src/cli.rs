@@ -40,6 +40,9 @@ pub enum Command {
     Wait(WaitArgs),
     /// Validate a config file and exit (0 valid, 2 invalid).
     CheckConfig(CheckConfigArgs),
+    /// Ask a running daemon's /healthz (at the config's `listen` address, or
+    /// --url): exit 0 healthy, 1 not (a container health check).
+    Health(HealthArgs),
     /// Start a local primary and two replica registries, push sample images,
     /// replicate them and show where each tag landed.
     Demo(DemoArgs),
@@ -233,4 +236,20 @@ pub struct BenchExecArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep health --config /etc/georep/georep.yaml
+  georep health --url http://10.0.0.5:9090")]
+pub struct HealthArgs {
+    /// The daemon's config file (its `listen` address is asked).
+    #[arg(long, short, env = "GEOREP_CONFIG", required_unless_present = "url")]
+    pub config: Option<PathBuf>,
+    /// The daemon's base URL instead (e.g. http://127.0.0.1:9090).
+    #[arg(long, conflicts_with = "config")]
+    pub url: Option<String>,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s")]
+    pub timeout: String,
 }

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             Command::Wait(a) => commands::wait::run(a).await,
             Command::Status(a) => commands::status::run(a).await,
             Command::CheckConfig(a) => commands::check_config::run(a),
+            Command::Health(a) => commands::health::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
             Command::Bench(a) => commands::bench::run(a).await,
             Command::BenchChild(a) => commands::bench::child(a).await,

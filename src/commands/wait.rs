@@ -35,7 +35,7 @@ fn parse_image(image: &str) -> anyhow::Result<(String, String)> {
     Ok((repo.to_owned(), reference.to_owned()))
 }
 
-fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
     let d: jiff::SignedDuration = s
         .parse()
         .with_context(|| format!("{what} {s:?}: expected a duration such as 90s, 5m or 1h"))?;
