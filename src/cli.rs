@@ -14,12 +14,25 @@ use crate::corpus::Preset;
     version,
     about = "Geo-replicate an OCI registry to one replica per region",
     long_about = "Geo-replicate an OCI registry: every push to the primary appears in every \
-                  replica region, byte for byte.\n\nLogs go to stderr (filter with GEOREP_LOG, \
-                  e.g. GEOREP_LOG=debug); results go to stdout."
+                  replica region, byte for byte.\n\nResults go to stdout, logs to stderr: \
+                  filter them with GEOREP_LOG (or RUST_LOG) in the usual syntax, e.g. \
+                  GEOREP_LOG=debug or GEOREP_LOG=georep::engine=trace,info; the default is \
+                  georep=info,warn.\n\nExit codes: 0 success, 1 the work failed (the output says \
+                  what), 2 bad config or usage."
 )]
 pub struct Cli {
+    /// Log lines as text (for people) or JSON objects, one per line (for
+    /// log collectors).
+    #[arg(long, global = true, value_enum, env = "GEOREP_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

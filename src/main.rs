@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use georep::cli::{Cli, Command};
+use georep::cli::{Cli, Command, LogFormat};
 use georep::commands::{self, EXIT_ERROR};
 
 fn main() -> ExitCode {
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,21 +46,52 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match cli.log_format {
+                LogFormat::Text => eprintln!("error: {e:#}"),
+                // One JSON object like every other line a collector reads.
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "the command failed"),
+            }
             ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `GEOREP_LOG`, else `RUST_LOG`, else
+/// `georep=info,warn`; a filter that does not parse is reported and the
+/// default used.
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GEOREP_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("georep=info,warn"));
-    tracing_subscriber::fmt()
+    let (filter, bad) = ["GEOREP_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| {
+            let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+            Some(match EnvFilter::try_new(&value) {
+                Ok(f) => (f, None),
+                Err(e) => (
+                    EnvFilter::new(DEFAULT_LOG),
+                    Some(format!(
+                        "{var}={value:?} is not a log filter ({e}); using {DEFAULT_LOG}"
+                    )),
+                ),
+            })
+        })
+        .unwrap_or_else(|| (EnvFilter::new(DEFAULT_LOG), None));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    if let Some(bad) = bad {
+        tracing::warn!("{bad}");
+    }
 }
+
+const DEFAULT_LOG: &str = "georep=info,warn";

@@ -19,11 +19,12 @@ use super::{
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    // The cause is in the message (and not a `source`, which `{:#}` would
+    // print a second time).
+    #[error("cannot read config file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not YAML, an unknown key, a wrong type: rendered by the parser with a
     /// snippet of the file.
@@ -72,9 +73,9 @@ fn render_issues(path: &Path, issues: &[Issue]) -> String {
 
 /// Loads and validates the config at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     load_str(path, &text, &|name| std::env::var(name).ok())
 }

@@ -126,11 +126,10 @@ pub enum ParseError {
         "schema1 manifest ({media_type}) is not supported: push it again as a schema2 or OCI manifest"
     )]
     Schema1 { media_type: String },
-    #[error("manifest is not valid JSON for media type {media_type}: {source}")]
+    #[error("manifest is not valid JSON for media type {media_type}: {error}")]
     Json {
         media_type: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("unsupported manifest media type {media_type:?}")]
     Unsupported { media_type: String },
@@ -179,9 +178,9 @@ impl Manifest {
     /// The descriptors this manifest references.
     pub fn references(&self) -> Result<References, ParseError> {
         let kind = self.kind()?;
-        let p: Parsed = serde_json::from_slice(&self.bytes).map_err(|source| ParseError::Json {
+        let p: Parsed = serde_json::from_slice(&self.bytes).map_err(|error| ParseError::Json {
             media_type: self.media_type.clone(),
-            source,
+            error,
         })?;
         let mut refs = References {
             subject: p.subject,

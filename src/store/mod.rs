@@ -64,12 +64,8 @@ pub enum StoreError {
         path.display()
     )]
     Unreadable { path: PathBuf, detail: String },
-    #[error("the state store {} failed: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: sled::Error,
-    },
+    #[error("the state store {} failed: {error}", path.display())]
+    Io { path: PathBuf, error: sled::Error },
 }
 
 /// The primary's state of one tag, as last listed.
@@ -182,9 +178,9 @@ impl Store {
                     detail: other.to_string(),
                 },
             })?;
-        let io = |source| StoreError::Io {
+        let io = |error| StoreError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let meta = db.open_tree("meta").map_err(io)?;
         match meta.get("schema_version").map_err(io)? {
@@ -269,10 +265,10 @@ impl Store {
         &self.path
     }
 
-    fn io(&self, source: sled::Error) -> StoreError {
+    fn io(&self, error: sled::Error) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
