@@ -84,8 +84,13 @@ pub struct SyncArgs {
     pub verify: bool,
     /// Move the state store aside (kept as `store.broken-<time>`) and
     /// rebuild it from the registries (implies --verify).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub rebuild_state: bool,
+    /// Write nothing to any region: list, diff and ask (reads only), then
+    /// report what a sync would copy — per region tags, uploads with their
+    /// bytes, mounts and manifests — and which tags.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

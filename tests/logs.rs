@@ -92,11 +92,7 @@ async fn log_filters_come_from_georep_log_then_rust_log() {
     let out = georep(&sync, &[("RUST_LOG", "debug")]).await;
     assert!(stderr(&out).contains("DEBUG"), "RUST_LOG is honoured");
 
-    let out = georep(
-        &sync,
-        &[("RUST_LOG", "debug"), ("GEOREP_LOG", "error")],
-    )
-    .await;
+    let out = georep(&sync, &[("RUST_LOG", "debug"), ("GEOREP_LOG", "error")]).await;
     assert!(!stderr(&out).contains("DEBUG"), "GEOREP_LOG wins");
     assert!(!stderr(&out).contains("INFO"), "GEOREP_LOG wins");
 

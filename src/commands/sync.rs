@@ -36,12 +36,19 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let report = engine
         .sync(SyncOptions {
             verify: args.verify || args.rebuild_state,
+            dry_run: args.dry_run,
         })
         .await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.render());
+        if args.dry_run && !report.tags.is_empty() {
+            print!("\n{}", report.render_tags());
+            if report.tags_not_detailed > 0 {
+                println!("(and {} more tag results)", report.tags_not_detailed);
+            }
+        }
     }
     Ok(exit(if report.ok() {
         EXIT_OK

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::Engine;
 use super::cause::Cause;
 use super::copy::RegionResults;
+use super::dry::BlobPlan;
 use super::fanout::{Target, fan_out};
 use super::known::{RegionId, RepoState};
 use crate::registry::manifest::Descriptor;
@@ -100,6 +101,23 @@ impl Engine {
             }
         }
         if pending.is_empty() {
+            return results;
+        }
+        if self.plan.active() {
+            for r in pending {
+                let c = &self.counters[r];
+                match self.plan.blob(r, repo, digest) {
+                    BlobPlan::Planned => {}
+                    BlobPlan::New if self.facts.mount_source(r, digest, repo).is_none() => {
+                        c.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
+                        c.bytes_uploaded.fetch_add(desc.size, Ordering::Relaxed);
+                    }
+                    BlobPlan::New | BlobPlan::Mount => {
+                        c.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                results.insert(r, Ok(()));
+            }
             return results;
         }
 

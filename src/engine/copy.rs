@@ -217,6 +217,22 @@ impl Engine {
                 for tag in tags {
                     let outcome = match &deps {
                         Err(cause) => failed(r, tag.clone(), cause.clone()),
+                        Ok(()) if self.plan.active() => {
+                            self.plan.manifest(r, repo, &root.digest);
+                            self.counters[r]
+                                .manifests_pushed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!(
+                                region = %self.regions[r].name(),
+                                "dry run: would replicate {repo}:{tag}"
+                            );
+                            TagOutcome {
+                                region: r,
+                                tag: tag.clone(),
+                                state: TagState::Copied,
+                                failure: None,
+                            }
+                        }
                         Ok(()) => match self.regions[r].put_manifest(repo, tag, root).await {
                             Ok(()) => {
                                 self.counters[r]
@@ -470,6 +486,14 @@ impl Engine {
                 async move {
                     if dep.is_err() || !lacks {
                         return (r, dep);
+                    }
+                    if self.plan.active() {
+                        if self.plan.manifest(r, repo, digest) {
+                            self.counters[r]
+                                .manifests_pushed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return (r, Ok(()));
                     }
                     match self.regions[r]
                         .put_manifest(repo, digest.as_str(), manifest)

@@ -15,6 +15,7 @@
 pub mod blob;
 pub mod cause;
 pub mod copy;
+pub mod dry;
 pub mod fanout;
 pub mod known;
 pub mod locks;
@@ -84,6 +85,8 @@ pub struct Engine {
     facts: Facts,
     region_repos: RegionRepos,
     counters: Vec<RegionCounters>,
+    /// A dry run's plan (inactive in a real pass).
+    plan: dry::Plan,
 }
 
 #[derive(Default)]
@@ -100,6 +103,8 @@ pub struct SyncOptions {
     /// Trust nothing recorded: check every manifest and blob in every region,
     /// correct the store, copy whatever is missing.
     pub verify: bool,
+    /// Write nothing: count what would be copied ([`dry`]).
+    pub dry_run: bool,
 }
 
 impl Engine {
@@ -160,6 +165,7 @@ impl Engine {
             manifest_locks: KeyedLocks::default(),
             facts: Facts::new(store),
             region_repos: RegionRepos::default(),
+            plan: dry::Plan::default(),
         }
     }
 
@@ -197,6 +203,7 @@ impl Engine {
     pub async fn sync(&self, options: SyncOptions) -> SyncReport {
         let started = Instant::now();
         self.facts.begin_pass(options.verify);
+        self.plan.begin(options.dry_run);
         let before_primary = self.primary.stats();
         let before: Vec<(StatsSnapshot, [u64; 4])> = (0..self.regions.len())
             .map(|r| (self.regions[r].stats(), self.counter_values(r)))
@@ -281,6 +288,9 @@ impl Engine {
                     format!("{what}{}", f.cause)
                 })
                 .or_else(|| primary_error.clone());
+            if options.dry_run {
+                continue;
+            }
             let recorded = self.facts.store().record_pass(r, error.as_deref());
             if let Err(e) = recorded {
                 tracing::warn!("recording the pass of {} failed: {e:#}", reg.name());
@@ -327,6 +337,7 @@ impl Engine {
             (&a.region, &a.repository, &a.tag).cmp(&(&b.region, &b.repository, &b.tag))
         });
         SyncReport {
+            dry_run: options.dry_run,
             primary: report::PrimaryReport {
                 name: self.primary.name().to_owned(),
                 url: self.primary.url().to_owned(),

@@ -11,6 +11,9 @@ use crate::registry::StatsSnapshot;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SyncReport {
+    /// Nothing was written: the tag, blob, byte and manifest figures are
+    /// what a sync would do.
+    pub dry_run: bool,
     pub primary: PrimaryReport,
     pub regions: Vec<RegionReport>,
     /// Tags this pass copied or failed to copy, and their state in each
@@ -94,18 +97,34 @@ impl SyncReport {
     /// The aligned human summary.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let headers = [
-            "REGION",
-            "URL",
-            "TAGS",
-            "IN SYNC",
-            "COPIED",
-            "FAILED",
-            "BLOBS",
-            "MIB",
-            "MOUNTED",
-            "MANIFESTS",
-        ];
+        let headers = if self.dry_run {
+            out.push_str("DRY RUN: nothing was written. What a sync would do, per region:\n");
+            [
+                "REGION",
+                "URL",
+                "TAGS",
+                "IN SYNC",
+                "TO COPY",
+                "FAILED",
+                "UPLOADS",
+                "MIB",
+                "MOUNTS",
+                "MANIFESTS",
+            ]
+        } else {
+            [
+                "REGION",
+                "URL",
+                "TAGS",
+                "IN SYNC",
+                "COPIED",
+                "FAILED",
+                "BLOBS",
+                "MIB",
+                "MOUNTED",
+                "MANIFESTS",
+            ]
+        };
         let mut rows: Vec<Vec<String>> = vec![headers.iter().map(|s| s.to_string()).collect()];
         for r in &self.regions {
             let name = if r.unreachable {
@@ -170,6 +189,7 @@ impl SyncReport {
                 row.push(
                     match t.regions.get(&r.name) {
                         Some(TagState::InSync) => "in sync",
+                        Some(TagState::Copied) if self.dry_run => "would copy",
                         Some(TagState::Copied) => "copied",
                         Some(TagState::Failed) => "FAILED",
                         None => "-",

@@ -1,0 +1,92 @@
+//! `georep sync --dry-run`: the pass runs as usual — the listing, the diff
+//! against the store, the HEADs that ask the regions (reads only) — but each
+//! write is replaced by an entry in the plan, and counted as the write it
+//! stands for. What a dry run learns by reading is true and is remembered
+//! in the store; nothing else is recorded (not even that a pass ran).
+//!
+//! The plan also stands in for the facts a real pass would have gained: a
+//! blob planned for a repository is not counted again for the next image,
+//! and one planned in another repository of the region would be mounted.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::known::RegionId;
+use crate::digest::Digest;
+
+#[derive(Default)]
+pub struct Plan {
+    active: AtomicBool,
+    sets: Mutex<Sets>,
+}
+
+#[derive(Default)]
+struct Sets {
+    blobs: HashSet<(RegionId, String, Digest)>,
+    digests: HashSet<(RegionId, Digest)>,
+    manifests: HashSet<(RegionId, String, Digest)>,
+}
+
+/// What a planned blob would cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobPlan {
+    /// Planned already for this repository.
+    Planned,
+    /// Planned in another repository of the region: a mount.
+    Mount,
+    /// New to the region: an upload (or a mount, if the store knows
+    /// another repository holding it).
+    New,
+}
+
+impl Plan {
+    /// Starts a pass: dry or not, nothing planned.
+    pub fn begin(&self, dry_run: bool) {
+        *self.sets.lock().unwrap_or_else(|e| e.into_inner()) = Sets::default();
+        self.active.store(dry_run, Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn blob(&self, r: RegionId, repo: &str, digest: &Digest) -> BlobPlan {
+        let mut s = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.blobs.insert((r, repo.to_owned(), digest.clone())) {
+            BlobPlan::Planned
+        } else if !s.digests.insert((r, digest.clone())) {
+            BlobPlan::Mount
+        } else {
+            BlobPlan::New
+        }
+    }
+
+    /// Plans manifest `digest` in `repo` of region `r`; `false` if it was
+    /// planned already.
+    pub fn manifest(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
+        let mut s = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        s.manifests.insert((r, repo.to_owned(), digest.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_is_uploaded_once_per_region_then_mounted() {
+        let p = Plan::default();
+        p.begin(true);
+        let d = Digest::sha256_of(b"x");
+        assert_eq!(p.blob(0, "a", &d), BlobPlan::New);
+        assert_eq!(p.blob(0, "a", &d), BlobPlan::Planned);
+        assert_eq!(p.blob(0, "b", &d), BlobPlan::Mount);
+        assert_eq!(p.blob(1, "b", &d), BlobPlan::New);
+        assert!(p.manifest(0, "a", &d));
+        assert!(!p.manifest(0, "a", &d));
+        p.begin(false);
+        assert!(!p.active());
+        assert_eq!(p.blob(0, "a", &d), BlobPlan::New);
+    }
+}
