@@ -42,10 +42,20 @@ pub struct LocalNotify {
     pub authorization: Option<String>,
 }
 
+/// Serve https with this certificate; with `client_ca`, require client
+/// certificates it signed (mutual TLS).
+#[derive(Clone, Debug)]
+pub struct LocalTls {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LocalOptions {
     pub auth: Option<LocalAuth>,
     pub notify: Option<LocalNotify>,
+    pub tls: Option<LocalTls>,
     /// Use this port instead of a free one (for restarts).
     pub port: Option<u16>,
 }
@@ -92,7 +102,12 @@ impl LocalRegistry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// `127.0.0.1:PORT`, as references name it.
@@ -175,11 +190,26 @@ impl LocalRegistry {
                 )
             }
         };
+        let tls = match &self.options.tls {
+            None => String::new(),
+            Some(t) => {
+                let cas = t
+                    .client_ca
+                    .as_ref()
+                    .map(|ca| format!("    clientcas:\n      - {}\n", ca.display()))
+                    .unwrap_or_default();
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n{cas}",
+                    t.certificate.display(),
+                    t.key.display()
+                )
+            }
+        };
         format!(
             "version: 0.1\n\
 log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n\
 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-http:\n  addr: 127.0.0.1:{}\n  secret: georep-local-registry\n\
+http:\n  addr: 127.0.0.1:{}\n  secret: georep-local-registry\n{tls}\
 validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n\
 {auth}{notifications}",
             data.display(),
@@ -245,12 +275,21 @@ validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n\
             }
             let log = std::fs::read(self.log_path()).unwrap_or_default();
             let fresh = String::from_utf8_lossy(log.get(log_offset as usize..).unwrap_or(&[]));
-            if fresh.contains(&listening)
-                && let Ok(resp) = http.get(&url).send().await
-            {
-                let s = resp.status().as_u16();
-                if s == 200 || s == 401 {
-                    break;
+            if fresh.contains(&listening) {
+                if self.options.tls.is_some() {
+                    // Its certificate (and a client one it may require) is
+                    // the caller's business: listening on our port is enough.
+                    if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                } else if let Ok(resp) = http.get(&url).send().await {
+                    let s = resp.status().as_u16();
+                    if s == 200 || s == 401 {
+                        break;
+                    }
                 }
             }
             if Instant::now() > deadline {

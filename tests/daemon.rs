@@ -503,7 +503,7 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
     // The cap (1 per hour) holds the second delete back, visibly.
     wait_for(
         "the cap in the status",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         async || {
             daemon.status().await["regions"][0]["last_error"]
                 .as_str()

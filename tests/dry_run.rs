@@ -17,7 +17,12 @@ const FIGURES: [&str; 5] = [
 /// two: a manifest that is both tagged and referenced (an index's child, a
 /// referrer's subject) is pushed once or twice, depending on whether its tag
 /// or its referrer comes first — an order the real pass does not fix either.
-const EXACT: [&str; 4] = ["tags_copied", "blobs_uploaded", "bytes_uploaded", "blobs_mounted"];
+const EXACT: [&str; 4] = [
+    "tags_copied",
+    "blobs_uploaded",
+    "bytes_uploaded",
+    "blobs_mounted",
+];
 
 #[tokio::test]
 async fn dry_run_writes_nothing_and_predicts_the_sync() {

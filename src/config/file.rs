@@ -126,6 +126,27 @@ pub struct FileRegistry {
     /// Bytes per second to or from this registry (overrides `limits`).
     #[serde(default)]
     pub max_bytes_per_sec: Option<Spanned<FileSize>>,
+    /// Certificates for an https registry: a CA bundle, a client identity.
+    #[serde(default)]
+    pub tls: Option<Spanned<FileTls>>,
+    /// Allow plain http to a host that is not loopback, and for https skip
+    /// certificate verification.
+    #[serde(default)]
+    pub insecure: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// PEM certificates trusted for this registry besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// PEM client certificate (chain) for mutual TLS.
+    #[serde(default)]
+    pub client_cert_file: Option<Spanned<PathBuf>>,
+    /// PEM private key (PKCS#8, RSA or EC) of that certificate.
+    #[serde(default)]
+    pub client_key_file: Option<Spanned<PathBuf>>,
 }
 
 /// A size: a number of bytes, or text such as `50MiB` or `1GB`.

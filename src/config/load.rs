@@ -9,12 +9,23 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde_saphyr::{Location, Spanned};
 
-use super::file::{FileConfig, FileCredentials, FileRegistry, FileSize};
+use super::file::{FileConfig, FileCredentials, FileRegistry, FileSize, FileTls};
 use super::{
     Concurrency, Config, Credentials, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig, DeletePolicy, NotifyTarget, RegistryConfig,
-    RepositoryFilter, Secret, Timeouts, WebhookAuth,
+    RepositoryFilter, Secret, Timeouts, Tls, WebhookAuth,
 };
+
+/// A loopback host (`localhost`, 127.0.0.0/8, `::1`): plain http to it
+/// never leaves the machine.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -345,14 +356,108 @@ impl Validator<'_> {
             Some(v) => self.size(v, "max_bytes_per_sec"),
             None => self.default_bytes_per_sec,
         };
-        Some(RegistryConfig {
+        let insecure = r.insecure.as_ref().is_some_and(|i| i.value);
+        let tls = r.tls.as_ref().and_then(|t| self.tls(t)).unwrap_or_default();
+        let url = url?;
+        if url.scheme() == "http" {
+            if let Some(t) = &r.tls {
+                self.issue(
+                    t.referenced,
+                    format!(
+                        "tls settings need an https:// URL, not {}",
+                        r.url.value.trim()
+                    ),
+                );
+            }
+            if !insecure && !is_loopback(&url) {
+                self.issue(
+                    r.url.referenced,
+                    format!(
+                        "{} is plain http to a host that is not loopback: credentials and images would cross the network in clear text; use https://, or set `insecure: true` on this registry if that is really meant",
+                        r.url.value.trim()
+                    ),
+                );
+            }
+        }
+        let config = RegistryConfig {
             name: name.to_owned(),
-            url: url?,
+            url,
             credentials,
             max_concurrent_requests,
             max_requests_per_sec,
             max_bytes_per_sec,
-        })
+            tls,
+            insecure,
+        };
+        // The client must build with this material (a key that does not
+        // match its certificate, say): find out now, with a line number.
+        if let Err(e) = crate::registry::client_for(&config, &Timeouts::default()) {
+            let at = r.tls.as_ref().map_or(r.url.referenced, |t| t.referenced);
+            self.issue(at, format!("TLS settings of {role} {name:?}: {e}"));
+            return None;
+        }
+        Some(config)
+    }
+
+    /// Reads and checks the files of a `tls:` block.
+    fn tls(&mut self, t: &Spanned<FileTls>) -> Option<Tls> {
+        let mut out = Tls::default();
+        let read = |this: &mut Self, f: &Spanned<PathBuf>, key: &str| {
+            let p = this.absolute(&f.value);
+            match std::fs::read(&p) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    this.issue(
+                        f.referenced,
+                        format!("cannot read {key} {}: {e}", p.display()),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(f) = &t.value.ca_file {
+            let pem = read(self, f, "ca_file")?;
+            match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certs) if !certs.is_empty() => out.ca_pem = Some(pem),
+                Ok(_) => {
+                    self.issue(f.referenced, "ca_file holds no PEM certificate");
+                    return None;
+                }
+                Err(e) => {
+                    self.issue(
+                        f.referenced,
+                        format!("ca_file is not a PEM certificate bundle: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        match (&t.value.client_cert_file, &t.value.client_key_file) {
+            (Some(c), Some(k)) => {
+                let mut pem = read(self, c, "client_cert_file")?;
+                let key = read(self, k, "client_key_file")?;
+                pem.push(b'\n');
+                pem.extend_from_slice(&key);
+                if let Err(e) = reqwest::Identity::from_pem(&pem) {
+                    self.issue(
+                        c.referenced,
+                        format!("client_cert_file and client_key_file do not form a client identity: {e}"),
+                    );
+                    return None;
+                }
+                out.identity_pem = Some(Secret::new(String::from_utf8_lossy(&pem).into_owned()));
+            }
+            (Some(c), None) => {
+                self.issue(c.referenced, "client_cert_file needs client_key_file");
+                return None;
+            }
+            (None, Some(k)) => {
+                self.issue(k.referenced, "client_key_file needs client_cert_file");
+                return None;
+            }
+            (None, None) => {}
+        }
+        Some(out)
     }
 
     fn url(&mut self, s: &Spanned<String>) -> Option<url::Url> {

@@ -152,6 +152,35 @@ pub struct RegistryConfig {
     pub max_requests_per_sec: Option<u32>,
     /// Bytes per second read from or written to this registry, at most.
     pub max_bytes_per_sec: Option<u64>,
+    /// Extra trust and a client identity for https.
+    pub tls: Tls,
+    /// Plain http to a non-loopback host allowed; https certificates not
+    /// verified.
+    pub insecure: bool,
+}
+
+/// TLS material of one registry, read and checked when the config loads.
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// PEM certificates trusted besides the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain followed by its private key.
+    pub identity_pem: Option<Secret>,
+}
+
+impl Tls {
+    pub fn is_default(&self) -> bool {
+        self.ca_pem.is_none() && self.identity_pem.is_none()
+    }
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("identity_pem", &self.identity_pem)
+            .finish()
+    }
 }
 
 impl RegistryConfig {
@@ -165,6 +194,8 @@ impl RegistryConfig {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_requests_per_sec: None,
             max_bytes_per_sec: None,
+            tls: Tls::default(),
+            insecure: false,
         })
     }
 

@@ -13,15 +13,18 @@ use crate::digest::{Digest, Mismatch};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// The request never got an HTTP answer: refused, reset, timed out, TLS.
-    #[error("{method} {url}: {kind}")]
+    /// The message ends with the root cause (`connection refused`, `invalid
+    /// peer certificate: UnknownIssuer`...): it is in the message rather
+    /// than a `source`, so every way of printing keeps it, once.
+    #[error("{method} {url}: {kind}{}", if cause.is_empty() { String::new() } else { format!(" ({cause})") })]
     Transport {
         method: Method,
         url: String,
         kind: TransportKind,
-        /// Shared so that one source failure can be reported to every
-        /// region of a fan-out.
-        #[source]
-        source: std::sync::Arc<reqwest::Error>,
+        cause: String,
+        /// Shared so that one failure can be reported to every region of a
+        /// fan-out.
+        error: std::sync::Arc<reqwest::Error>,
     },
     /// The registry answered with a status the operation does not accept.
     #[error("{method} {url}: HTTP {status}{}", detail(code.as_deref(), message.as_deref()))]
@@ -77,6 +80,16 @@ pub enum RegistryError {
     Lagging { url: String, after: Duration },
 }
 
+/// The innermost message of an error chain, the one that says what
+/// happened (hyper and reqwest wrap it in generic layers).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.source();
+    while let Some(inner) = last.and_then(|l| l.source()) {
+        last = Some(inner);
+    }
+    last.map(|l| l.to_string()).unwrap_or_default()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
     Connect,
@@ -120,7 +133,8 @@ impl RegistryError {
             method,
             url: display_url(url),
             kind,
-            source: std::sync::Arc::new(source),
+            cause: root_cause(&source),
+            error: std::sync::Arc::new(source),
         }
     }
 
