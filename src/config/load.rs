@@ -121,6 +121,7 @@ pub fn load_str(
         issues: Vec::new(),
         default_requests_per_sec: None,
         default_bytes_per_sec: None,
+        docker: None,
     };
     let config = v.config(path, file);
     if v.issues.is_empty() {
@@ -142,6 +143,8 @@ struct Validator<'a> {
     base_dir: PathBuf,
     env: &'a dyn Fn(&str) -> Option<String>,
     issues: Vec<Issue>,
+    /// The Docker config, once looked up (`Some(None)`: there is none).
+    docker: Option<Option<super::docker::DockerConfig>>,
     /// `limits:` defaults, applied to registries that set none.
     default_requests_per_sec: Option<u32>,
     default_bytes_per_sec: Option<u64>,
@@ -342,7 +345,11 @@ impl Validator<'_> {
             );
         }
         let url = self.url(&r.url);
-        let credentials = r.credentials.as_ref().and_then(|c| self.credentials(c));
+        let credentials = match (&r.credentials, &url) {
+            (Some(c), _) => self.credentials(c),
+            (None, Some(u)) => self.docker_credentials(name, u),
+            (None, None) => None,
+        };
         let max_concurrent_requests = self.positive(
             &r.max_concurrent_requests,
             "max_concurrent_requests",
@@ -397,6 +404,36 @@ impl Validator<'_> {
             return None;
         }
         Some(config)
+    }
+
+    /// Credentials for a registry with none in this file, from the Docker
+    /// config (`docker::DockerConfig`); problems there are warnings.
+    fn docker_credentials(&mut self, name: &str, url: &url::Url) -> Option<Credentials> {
+        if self.docker.is_none() {
+            let loaded = match super::docker::location(self.env) {
+                Some(path) => super::docker::DockerConfig::load(&path),
+                None => Ok(None),
+            };
+            self.docker = Some(loaded.unwrap_or_else(|e| {
+                tracing::warn!("ignoring the Docker config: {e}");
+                None
+            }));
+        }
+        let docker = self.docker.as_ref()?.as_ref()?;
+        match docker.credentials(url) {
+            Ok(Some((c, from))) => {
+                tracing::debug!(registry = name, "credentials from {from}");
+                Some(c)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    registry = name,
+                    "no credentials from the Docker config: {e}"
+                );
+                None
+            }
+        }
     }
 
     /// Reads and checks the files of a `tls:` block.

@@ -11,6 +11,7 @@
 //! against the directory of the config file, not the current directory, so a
 //! config means the same thing whoever starts georep from wherever.
 
+pub mod docker;
 pub mod file;
 mod load;
 

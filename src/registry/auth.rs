@@ -19,6 +19,7 @@ use reqwest::header::HeaderValue;
 
 use super::error::{RegistryError, display_url};
 use super::stats::{Op, Stats};
+use crate::config::docker::IDENTITY_TOKEN_USER;
 use crate::config::{Credentials, Secret};
 
 /// Tokens that do not say how long they live are assumed to live this long
@@ -318,10 +319,38 @@ impl Auth {
                 q.append_pair("scope", s);
             }
         }
-        let mut req = http.get(url).timeout(timeout);
-        if let Some(h) = self.basic_header() {
-            req = req.header(reqwest::header::AUTHORIZATION, h);
-        }
+        let req = match &self.credentials {
+            // An identity token (from `docker login` to an OAuth2 token
+            // service) is exchanged with the refresh-token grant.
+            Some(c) if c.username == IDENTITY_TOKEN_USER => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token".to_owned()),
+                    ("refresh_token", c.password.expose().to_owned()),
+                    ("client_id", "georep".to_owned()),
+                    ("scope", scope.0.join(" ")),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s.to_owned()));
+                }
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form)
+                    .finish();
+                http.post(realm.clone())
+                    .timeout(timeout)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(body)
+            }
+            _ => {
+                let mut req = http.get(url).timeout(timeout);
+                if let Some(h) = self.basic_header() {
+                    req = req.header(reqwest::header::AUTHORIZATION, h);
+                }
+                req
+            }
+        };
         let started = Instant::now();
         self.stats.request(Op::Token);
         let resp = req.send().await.map_err(|e| fail(format!("{e:#}")))?;
