@@ -91,6 +91,10 @@ pub struct SyncArgs {
     /// bytes, mounts and manifests — and which tags.
     #[arg(long)]
     pub dry_run: bool,
+    /// Progress per region on stderr: a live line per region on a
+    /// terminal, plain `[sync] REGION: ...` lines every 5 s otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
 }
 
 #[derive(Debug, Args)]

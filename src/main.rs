@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Sync(a) => commands::sync::run(a).await,
+            Command::Sync(a) => commands::sync::run(a, cli.log_format).await,
             Command::Run(a) => commands::run::run(a).await,
             Command::Wait(a) => commands::wait::run(a).await,
             Command::Status(a) => commands::status::run(a).await,

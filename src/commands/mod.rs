@@ -8,6 +8,7 @@ pub mod health;
 pub mod run;
 pub mod status;
 pub mod sync;
+mod sync_progress;
 pub mod wait;
 
 use std::process::ExitCode;

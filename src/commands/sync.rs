@@ -4,11 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::SyncArgs;
+use crate::bench::progress::ProgressMode;
+use crate::cli::{LogFormat, SyncArgs};
 use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
 use crate::engine::{Engine, SyncOptions, store_path};
 
-pub async fn run(args: &SyncArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &SyncArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     let config = super::load_with_state_dir(&args.config)?;
     if args.rebuild_state {
         let path = store_path(&config);
@@ -33,12 +34,16 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Engine::open_store(&config)?;
     let engine = Engine::new(&config, store);
-    let report = engine
-        .sync(SyncOptions {
-            verify: args.verify || args.rebuild_state,
-            dry_run: args.dry_run,
-        })
-        .await;
+    let pass = engine.sync(SyncOptions {
+        verify: args.verify || args.rebuild_state,
+        dry_run: args.dry_run,
+    });
+    // JSON logs are for collectors: progress lines would break them.
+    let progress = match (args.progress, log_format) {
+        (ProgressMode::Auto, LogFormat::Json) => ProgressMode::None,
+        (m, _) => m,
+    };
+    let report = super::sync_progress::with_progress(&engine, progress, pass).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
