@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::proxy::{Faults, Proxy};
+use common::proxy::Faults;
 use common::{Cluster, client, georep};
 use georep::corpus::{Corpus, CorpusSpec, Preset, bench_repositories};
 use georep::registry::Scope;
@@ -248,19 +248,15 @@ async fn a_region_serving_corrupt_bytes_fails_the_run() {
         .next()
         .unwrap();
     // Region 1 flips a byte of this blob whenever it is read back.
-    let proxy = Proxy::start(
-        &cluster.replicas[1].url(),
-        Faults {
-            tamper_blob: Some(blob.digest.clone()),
-            ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(
-        &cluster.primary.url(),
-        &[cluster.replicas[0].url(), proxy.url.clone()],
-        "",
-    );
+    let (_proxy, config) = cluster
+        .config_with_faulty_region(
+            1,
+            Faults {
+                tamper_blob: Some(blob.digest.clone()),
+                ..Faults::default()
+            },
+        )
+        .await;
     let (code, report, stderr) =
         bench(&["--config", config.to_str().unwrap(), "--skopeo", "never"]).await;
     assert_eq!(code, 1, "{stderr}");

@@ -170,19 +170,15 @@ async fn region_failing_mid_stream_does_not_break_the_others() {
     let corpus = push_corpus(&cluster.primary.url(), &quick_spec(17)).await;
     let (repo, tag) = ("team/app/web", "v2");
     let cut = unique_layer(&corpus, repo, tag);
-    let proxy = Proxy::start(
-        &cluster.replicas[1].url(),
-        Faults {
-            cut_upload: Some(cut.clone()),
-            ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(
-        &cluster.primary.url(),
-        &[cluster.replicas[0].url(), proxy.url.clone()],
-        "",
-    );
+    let (proxy, config) = cluster
+        .config_with_faulty_region(
+            1,
+            Faults {
+                cut_upload: Some(cut.clone()),
+                ..Faults::default()
+            },
+        )
+        .await;
     let (code, report) = sync_json(&config, &[]).await;
     assert_eq!(code, 1, "{report:#}");
     for f in report["failures"].as_array().unwrap() {

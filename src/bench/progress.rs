@@ -7,30 +7,11 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub use crate::cli::ProgressMode;
 use crate::engine::blob::human_bytes;
 
 /// Between two plain progress lines of one phase.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// Bars when stderr is a terminal, plain lines otherwise.
-    Auto,
-    Bars,
-    Plain,
-    None,
-}
-
-impl ProgressMode {
-    fn resolve(self) -> ProgressMode {
-        use std::io::IsTerminal;
-        match self {
-            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bars,
-            ProgressMode::Auto => ProgressMode::Plain,
-            m => m,
-        }
-    }
-}
 
 /// Starts phases.
 #[derive(Clone, Copy, Debug)]

@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::bench::progress::ProgressMode;
-use crate::cli::{LogFormat, SyncArgs};
+use crate::cli::{LogFormat, ProgressMode, SyncArgs};
 use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
 use crate::engine::{Engine, SyncOptions, store_path};
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::bench::progress::ProgressMode;
+use crate::cli::ProgressMode;
 use crate::engine::Engine;
 use crate::engine::blob::human_bytes;
 
@@ -20,12 +20,7 @@ pub async fn with_progress<T>(
     mode: ProgressMode,
     work: impl Future<Output = T>,
 ) -> T {
-    use std::io::IsTerminal;
-    let mode = match mode {
-        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bars,
-        ProgressMode::Auto => ProgressMode::Plain,
-        m => m,
-    };
+    let mode = mode.resolve();
     if mode == ProgressMode::None {
         return work.await;
     }

@@ -82,6 +82,20 @@ impl Cluster {
     pub fn replica_urls(&self) -> Vec<String> {
         self.replicas.iter().map(|r| r.url()).collect()
     }
+
+    /// A config (as [`Cluster::default_config`]) whose region `i` is
+    /// reached through a proxy injecting `faults`; keep the proxy alive.
+    pub async fn config_with_faulty_region(
+        &self,
+        i: usize,
+        faults: proxy::Faults,
+    ) -> (proxy::Proxy, PathBuf) {
+        let proxy = proxy::Proxy::start(&self.replicas[i].url(), faults).await;
+        let mut urls = self.replica_urls();
+        urls[i] = proxy.url.clone();
+        let config = self.config(&self.primary.url(), &urls, "");
+        (proxy, config)
+    }
 }
 
 /// A client for a registry at `url`.
