@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -67,18 +66,7 @@ async fn docker_config_auths_helpers_and_store_without_leaking() {
     let region_host = cluster.replicas[0].host();
 
     // A credential helper on PATH that knows only the region.
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let helper = bin.join("docker-credential-georeptest");
-    std::fs::write(
-        &helper,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\nif [ \"$server\" = \"{region_host}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"georep\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let path = common::credential_helper(dir.path(), Some(&region_host), PASSWORD);
 
     let docker = dir.path().join("docker");
     std::fs::create_dir_all(&docker).unwrap();

@@ -303,7 +303,7 @@ async fn token_auth_primary_and_basic_auth_region() {
     // Push through an authenticated client.
     let corpus = georep::corpus::Corpus::generate(&quick_spec(16)).await;
     let mut cfg = georep::config::RegistryConfig::new("p", &cluster.primary.url()).unwrap();
-    cfg.credentials = Some(georep::config::Credentials {
+    cfg.credentials = Some(georep::config::Credentials::Basic {
         username: "georep".into(),
         password: georep::config::Secret::new("tokenpass"),
     });
@@ -359,7 +359,7 @@ async fn token_auth_primary_and_basic_auth_region() {
 
     // Check the region through an authenticated client.
     let mut rcfg = georep::config::RegistryConfig::new("r", &cluster.replicas[0].url()).unwrap();
-    rcfg.credentials = Some(georep::config::Credentials {
+    rcfg.credentials = Some(georep::config::Credentials::Basic {
         username: "georep".into(),
         password: georep::config::Secret::new("basicpass"),
     });

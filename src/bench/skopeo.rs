@@ -12,7 +12,7 @@ use base64::Engine as _;
 
 use super::child::ExecUsage;
 use super::target::reference_host;
-use crate::config::{Config, RegistryConfig};
+use crate::config::{Config, Credentials, RegistryConfig};
 
 /// The installed skopeo's version line, if there is one.
 pub async fn version() -> Option<String> {
@@ -105,17 +105,23 @@ fn tls(r: &RegistryConfig) -> bool {
 pub fn write_authfile(config: &Config, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     let mut auths = serde_json::Map::new();
     for r in std::iter::once(&config.primary).chain(&config.regions) {
-        if let Some(c) = &r.credentials {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                c.username,
-                c.password.expose()
-            ));
-            auths.insert(
-                reference_host(&r.url)?,
-                serde_json::json!({ "auth": token }),
-            );
-        }
+        let entry = match &r.credentials {
+            None => continue,
+            Some(Credentials::Basic { username, password }) => {
+                let auth = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()));
+                serde_json::json!({ "auth": auth })
+            }
+            Some(Credentials::IdentityToken(t)) => {
+                serde_json::json!({ "identitytoken": t.expose() })
+            }
+            Some(Credentials::Bearer(_)) => anyhow::bail!(
+                "skopeo cannot use the static bearer token of {} ({}): run with --skopeo never",
+                r.name,
+                r.display_url()
+            ),
+        };
+        auths.insert(reference_host(&r.url)?, entry);
     }
     if auths.is_empty() {
         return Ok(None);

@@ -4,12 +4,14 @@
 //! `credHelpers` (per registry) and `credsStore` (for all) through
 //! `docker-credential-<name> get`, and its `auths` entries (`auth` as
 //! base64 `user:password`, or `username` + `password`, or an
-//! `identitytoken` for the OAuth2 refresh-token flow).
+//! `identitytoken` for the OAuth2 refresh-token flow, or a `registrytoken`
+//! sent as a bearer token).
 //!
-//! Looked up once, when the config loads. A problem there (an unreadable
-//! file, a helper that fails) is a warning naming the file or helper, and
-//! the registry is then used anonymously: registries that need no
-//! credentials must not stop working because of a stray Docker config.
+//! Looked up when the config loads; a helper is asked again when the
+//! registry refuses what it gave (`registry::auth`). A problem there (an
+//! unreadable file, a helper that fails) is a warning naming the file or
+//! helper, and the registry is then used anonymously: registries that need
+//! no credentials must not stop working because of a stray Docker config.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -19,11 +21,11 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::{Credentials, Secret};
+use super::{CredentialHelper, Credentials, Secret};
 
 /// The user name that marks an identity (refresh) token, as Docker's
 /// credential helpers return it.
-pub const IDENTITY_TOKEN_USER: &str = "<token>";
+const IDENTITY_TOKEN_USER: &str = "<token>";
 
 #[derive(Debug, Default, Deserialize)]
 struct File {
@@ -45,6 +47,18 @@ struct Entry {
     password: Option<String>,
     #[serde(default)]
     identitytoken: Option<String>,
+    #[serde(default)]
+    registrytoken: Option<String>,
+}
+
+/// Credentials found for a registry.
+#[derive(Debug)]
+pub struct Found {
+    pub credentials: Credentials,
+    /// Where they came from, for the log (never the secret).
+    pub from: String,
+    /// The helper that gave them, to ask again later.
+    pub helper: Option<CredentialHelper>,
 }
 
 #[derive(Debug)]
@@ -79,21 +93,34 @@ impl DockerConfig {
 
     /// Credentials for the registry at `url`, and where they came from
     /// (for the log; never the secret).
-    pub fn credentials(&self, url: &url::Url) -> Result<Option<(Credentials, String)>, String> {
+    pub fn credentials(&self, url: &url::Url) -> Result<Option<Found>, String> {
         let host = host_key(url);
+        let from_helper = |helper: &str, what: &str| {
+            let h = CredentialHelper {
+                helper: helper.to_owned(),
+                server: host.clone(),
+            };
+            Ok(ask_helper(&h)?.map(|credentials| Found {
+                credentials,
+                from: format!("{what} docker-credential-{helper}"),
+                helper: Some(h),
+            }))
+        };
         if let Some(helper) = find(&self.file.cred_helpers, &host) {
-            return helper_get(helper, &host)
-                .map(|c| c.map(|c| (c, format!("credential helper docker-credential-{helper}"))));
+            return from_helper(helper, "credential helper");
         }
         if let Some(entry) = find(&self.file.auths, &host)
-            && let Some(c) = entry_credentials(entry)
+            && let Some(credentials) = entry_credentials(entry)
                 .map_err(|e| format!("{}: auths entry for {host}: {e}", self.path.display()))?
         {
-            return Ok(Some((c, self.path.display().to_string())));
+            return Ok(Some(Found {
+                credentials,
+                from: self.path.display().to_string(),
+                helper: None,
+            }));
         }
         match &self.file.creds_store {
-            Some(store) => helper_get(store, &host)
-                .map(|c| c.map(|c| (c, format!("credential store docker-credential-{store}")))),
+            Some(store) => from_helper(store, "credential store"),
             None => Ok(None),
         }
     }
@@ -129,16 +156,16 @@ fn find<'a, T>(map: &'a BTreeMap<String, T>, host: &str) -> Option<&'a T> {
 }
 
 fn entry_credentials(e: &Entry) -> Result<Option<Credentials>, String> {
+    if let Some(token) = e.registrytoken.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(Some(Credentials::Bearer(Secret::new(token.clone()))));
+    }
     if let Some(token) = e.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-        return Ok(Some(Credentials {
-            username: IDENTITY_TOKEN_USER.to_owned(),
-            password: Secret::new(token.clone()),
-        }));
+        return Ok(Some(Credentials::IdentityToken(Secret::new(token.clone()))));
     }
     if let (Some(u), Some(p)) = (&e.username, &e.password)
         && !u.is_empty()
     {
-        return Ok(Some(Credentials {
+        return Ok(Some(Credentials::Basic {
             username: u.clone(),
             password: Secret::new(p.clone()),
         }));
@@ -153,15 +180,16 @@ fn entry_credentials(e: &Entry) -> Result<Option<Credentials>, String> {
     let (u, p) = text
         .split_once(':')
         .ok_or_else(|| "`auth` is not user:password".to_owned())?;
-    Ok(Some(Credentials {
+    Ok(Some(Credentials::Basic {
         username: u.to_owned(),
         password: Secret::new(p.to_owned()),
     }))
 }
 
 /// `docker-credential-<helper> get`, the server on stdin; `None` when the
-/// helper has nothing for it.
-fn helper_get(helper: &str, server: &str) -> Result<Option<Credentials>, String> {
+/// helper has nothing for it. Blocks while the helper runs.
+pub fn ask_helper(h: &CredentialHelper) -> Result<Option<Credentials>, String> {
+    let (helper, server) = (&h.helper, &h.server);
     #[derive(Deserialize)]
     struct Answer {
         #[serde(rename = "Username")]
@@ -197,9 +225,14 @@ fn helper_get(helper: &str, server: &str) -> Result<Option<Credentials>, String>
     }
     let a: Answer = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{program} get {server}: not a credentials answer: {e}"))?;
-    Ok(Some(Credentials {
-        username: a.username,
-        password: Secret::new(a.secret),
+    let secret = Secret::new(a.secret);
+    Ok(Some(if a.username == IDENTITY_TOKEN_USER {
+        Credentials::IdentityToken(secret)
+    } else {
+        Credentials::Basic {
+            username: a.username,
+            password: secret,
+        }
     }))
 }
 
@@ -214,10 +247,17 @@ mod tests {
         }
     }
 
-    fn creds(c: &DockerConfig, url: &str) -> Option<(String, String)> {
+    fn creds(c: &DockerConfig, url: &str) -> Option<Credentials> {
         c.credentials(&url::Url::parse(url).unwrap())
             .unwrap()
-            .map(|(c, _)| (c.username, c.password.expose().to_owned()))
+            .map(|f| f.credentials)
+    }
+
+    fn basic(u: &str, p: &str) -> Option<Credentials> {
+        Some(Credentials::Basic {
+            username: u.into(),
+            password: Secret::new(p),
+        })
     }
 
     #[test]
@@ -228,25 +268,27 @@ mod tests {
                 "127.0.0.1:5000": {{"auth": "{b64}"}},
                 "https://r.example.com/v1/": {{"username": "bob", "password": "pw"}},
                 "tok.example.com": {{"identitytoken": "refresh-me"}},
+                "reg.example.com": {{"registrytoken": "use-me"}},
                 "https://index.docker.io/v1/": {{"auth": "{b64}"}},
                 "empty.example.com": {{}}
             }}}}"#
         ));
         assert_eq!(
             creds(&c, "http://127.0.0.1:5000/"),
-            Some(("alice".into(), "s3cret".into()))
+            basic("alice", "s3cret")
         );
-        assert_eq!(
-            creds(&c, "https://r.example.com/"),
-            Some(("bob".into(), "pw".into()))
-        );
+        assert_eq!(creds(&c, "https://r.example.com/"), basic("bob", "pw"));
         assert_eq!(
             creds(&c, "https://tok.example.com/"),
-            Some((IDENTITY_TOKEN_USER.into(), "refresh-me".into()))
+            Some(Credentials::IdentityToken(Secret::new("refresh-me")))
+        );
+        assert_eq!(
+            creds(&c, "https://reg.example.com/"),
+            Some(Credentials::Bearer(Secret::new("use-me")))
         );
         assert_eq!(
             creds(&c, "https://registry-1.docker.io/"),
-            Some(("alice".into(), "s3cret".into()))
+            basic("alice", "s3cret")
         );
         assert_eq!(creds(&c, "https://empty.example.com/"), None);
         assert_eq!(creds(&c, "http://127.0.0.1:5001/"), None);

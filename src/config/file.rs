@@ -174,13 +174,26 @@ pub struct FileLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCredentials {
-    pub username: String,
+    /// HTTP basic (to the registry or its token service): with a password
+    /// from `password_env` or `password_file`.
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
     /// Name of an environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<Spanned<String>>,
     /// A file whose content (trailing newline removed) is the password.
     #[serde(default)]
     pub password_file: Option<Spanned<PathBuf>>,
+    /// A registry token sent as `Authorization: Bearer`, from a variable.
+    #[serde(default)]
+    pub token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// An OAuth2 refresh token, exchanged at the token service.
+    #[serde(default)]
+    pub identity_token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub identity_token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

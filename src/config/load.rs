@@ -345,10 +345,13 @@ impl Validator<'_> {
             );
         }
         let url = self.url(&r.url);
-        let credentials = match (&r.credentials, &url) {
-            (Some(c), _) => self.credentials(c),
-            (None, Some(u)) => self.docker_credentials(name, u),
-            (None, None) => None,
+        let (credentials, credential_helper) = match (&r.credentials, &url) {
+            (Some(c), _) => (self.credentials(c), None),
+            (None, Some(u)) => match self.docker_credentials(name, u) {
+                Some(found) => (Some(found.credentials), found.helper),
+                None => (None, None),
+            },
+            (None, None) => (None, None),
         };
         let max_concurrent_requests = self.positive(
             &r.max_concurrent_requests,
@@ -390,6 +393,7 @@ impl Validator<'_> {
             name: name.to_owned(),
             url,
             credentials,
+            credential_helper,
             max_concurrent_requests,
             max_requests_per_sec,
             max_bytes_per_sec,
@@ -408,7 +412,7 @@ impl Validator<'_> {
 
     /// Credentials for a registry with none in this file, from the Docker
     /// config (`docker::DockerConfig`); problems there are warnings.
-    fn docker_credentials(&mut self, name: &str, url: &url::Url) -> Option<Credentials> {
+    fn docker_credentials(&mut self, name: &str, url: &url::Url) -> Option<super::docker::Found> {
         if self.docker.is_none() {
             let loaded = match super::docker::location(self.env) {
                 Some(path) => super::docker::DockerConfig::load(&path),
@@ -421,9 +425,9 @@ impl Validator<'_> {
         }
         let docker = self.docker.as_ref()?.as_ref()?;
         match docker.credentials(url) {
-            Ok(Some((c, from))) => {
-                tracing::debug!(registry = name, "credentials from {from}");
-                Some(c)
+            Ok(Some(found)) => {
+                tracing::debug!(registry = name, "credentials from {}", found.from);
+                Some(found)
             }
             Ok(None) => None,
             Err(e) => {
@@ -540,17 +544,51 @@ impl Validator<'_> {
         Some(super::base_url(url))
     }
 
+    /// Exactly one of: `username` with a password, a bearer `token_*`, an
+    /// `identity_token_*`.
     fn credentials(&mut self, c: &Spanned<FileCredentials>) -> Option<Credentials> {
         let at = c.referenced;
         let c = &c.value;
-        let what = format!("credentials for {:?}", c.username);
-        let password = self.secret(&c.password_env, &c.password_file, at, &what, "password")?;
-        if c.username.is_empty() {
-            self.issue(at, "credentials.username must not be empty");
+        let token = c.token_env.is_some() || c.token_file.is_some();
+        let identity = c.identity_token_env.is_some() || c.identity_token_file.is_some();
+        let password = c.password_env.is_some() || c.password_file.is_some();
+        let basic = c.username.is_some() || password;
+        if [basic, token, identity].iter().filter(|k| **k).count() != 1 {
+            self.issue(
+                at,
+                "credentials need exactly one of: username with password_env or password_file; token_env or token_file (a bearer token); identity_token_env or identity_token_file (an OAuth2 refresh token)",
+            );
             return None;
         }
-        Some(Credentials {
-            username: c.username.clone(),
+        if token {
+            let t = self.secret(&c.token_env, &c.token_file, at, "a bearer token", "token")?;
+            return Some(Credentials::Bearer(t));
+        }
+        if identity {
+            let t = self.secret(
+                &c.identity_token_env,
+                &c.identity_token_file,
+                at,
+                "an identity token",
+                "identity_token",
+            )?;
+            return Some(Credentials::IdentityToken(t));
+        }
+        let Some(username) = &c.username else {
+            self.issue(at, "credentials with a password need a username");
+            return None;
+        };
+        let what = format!("credentials for {:?}", username.value);
+        let password = self.secret(&c.password_env, &c.password_file, at, &what, "password")?;
+        if username.value.is_empty() {
+            self.issue(
+                username.referenced,
+                "credentials.username must not be empty",
+            );
+            return None;
+        }
+        Some(Credentials::Basic {
+            username: username.value.clone(),
             password,
         })
     }
@@ -923,7 +961,13 @@ regions:
         let env = |k: &str| (k == "PRIMARY_PW").then(|| "s3cret".to_owned());
         let c = load_str(Path::new("c.yaml"), &text, &env).unwrap();
         let creds = c.primary.credentials.unwrap();
-        assert_eq!(creds.password.expose(), "s3cret");
+        assert_eq!(
+            creds,
+            Credentials::Basic {
+                username: "bob".into(),
+                password: Secret::new("s3cret")
+            }
+        );
         assert!(!format!("{creds:?}").contains("s3cret"));
 
         let err = load_err(&text);
@@ -931,6 +975,48 @@ regions:
             err.contains(":7:19: environment variable PRIMARY_PW is not set"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn token_credentials_and_their_mistakes() {
+        let with = |creds: &str| {
+            MINIMAL.replace(
+                "  url: http://127.0.0.1:5000\n",
+                &format!("  url: http://127.0.0.1:5000\n  credentials:\n{creds}"),
+            )
+        };
+        let env = |k: &str| (k == "TOK").then(|| "t0k".to_owned());
+        let load = |creds: &str| {
+            load_str(Path::new("c.yaml"), &with(creds), &env).map(|c| c.primary.credentials)
+        };
+        assert_eq!(
+            load("    token_env: TOK\n").unwrap(),
+            Some(Credentials::Bearer(Secret::new("t0k")))
+        );
+        assert_eq!(
+            load("    identity_token_env: TOK\n").unwrap(),
+            Some(Credentials::IdentityToken(Secret::new("t0k")))
+        );
+        for (creds, message) in [
+            ("    username: bob\n    token_env: TOK\n", "exactly one of"),
+            (
+                "    token_env: TOK\n    identity_token_env: TOK\n",
+                "exactly one of",
+            ),
+            ("    password_env: TOK\n", "need a username"),
+            ("    username: bob\n", "need password_env or password_file"),
+            (
+                "    token_env: TOK\n    token_file: t\n",
+                "either token_env or token_file",
+            ),
+            ("    identity_token_env: NOPE\n", "NOPE is not set"),
+        ] {
+            let err = load(creds).unwrap_err().to_string();
+            assert!(
+                err.contains("c.yaml:") && err.contains(message),
+                "{creds}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -148,6 +148,8 @@ pub struct RegistryConfig {
     /// Base URL of the registry, without a trailing `/` and without userinfo.
     pub url: url::Url,
     pub credentials: Option<Credentials>,
+    /// The credential helper `credentials` came from, to ask again.
+    pub credential_helper: Option<CredentialHelper>,
     pub max_concurrent_requests: usize,
     /// Requests per second, at most (all kinds).
     pub max_requests_per_sec: Option<u32>,
@@ -192,6 +194,7 @@ impl RegistryConfig {
             name: name.to_owned(),
             url: base_url(url::Url::parse(url)?),
             credentials: None,
+            credential_helper: None,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_requests_per_sec: None,
             max_bytes_per_sec: None,
@@ -251,20 +254,41 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// A username and the password read from where the config said.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: Secret,
+/// How georep proves who it is to one registry. Every secret is a
+/// [`Secret`]: `Debug` shows `<redacted>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// A username and password: HTTP basic to the registry, or to its
+    /// token service (the `Bearer` challenge's realm).
+    Basic { username: String, password: Secret },
+    /// An OAuth2 refresh token (Docker's `identitytoken`), exchanged at the
+    /// token service with the refresh-token grant for access tokens.
+    IdentityToken(Secret),
+    /// A registry token sent as is on every request
+    /// (`Authorization: Bearer`; Docker's `registrytoken`).
+    Bearer(Secret),
 }
 
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .finish()
+impl Credentials {
+    /// What kind of credentials these are, for messages (never the secret).
+    pub fn describe(&self) -> String {
+        match self {
+            Credentials::Basic { username, .. } => format!("the credentials of user {username:?}"),
+            Credentials::IdentityToken(_) => "the identity token".to_owned(),
+            Credentials::Bearer(_) => "the bearer token".to_owned(),
+        }
     }
+}
+
+/// A Docker credential helper that gave a registry its credentials: asked
+/// again when the registry refuses them (helpers hand out short-lived
+/// tokens, e.g. 12 hours for ECR, and a daemon runs longer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialHelper {
+    /// The name after `docker-credential-`.
+    pub helper: String,
+    /// The server name given to the helper (`host[:port]`).
+    pub server: String,
 }
 
 /// A secret string whose `Debug` and `Display` never show it.

@@ -9,8 +9,16 @@
 //! cached until shortly before it expires, and shared by every request that
 //! needs the same scopes. Concurrent requests for the same scopes wait for
 //! one token fetch instead of stampeding the token service.
+//!
+//! Credentials are a username and password (basic to the registry or to the
+//! token service), an identity token (exchanged at the token service with
+//! the OAuth2 refresh-token grant), or a static bearer token sent as is.
+//! Credentials that came from a Docker credential helper are asked for
+//! again when they are refused (at most every [`HELPER_RETRY`]): helpers
+//! hand out tokens that expire while a daemon runs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,8 +27,7 @@ use reqwest::header::HeaderValue;
 
 use super::error::{RegistryError, display_url};
 use super::stats::{Op, Stats};
-use crate::config::docker::IDENTITY_TOKEN_USER;
-use crate::config::{Credentials, Secret};
+use crate::config::{CredentialHelper, Credentials, Secret};
 
 /// Tokens that do not say how long they live are assumed to live this long
 /// (the distribution token spec's default).
@@ -29,6 +36,8 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// Token service answers larger than this are refused.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
+/// A credential helper is asked again at most this often.
+pub const HELPER_RETRY: Duration = Duration::from_secs(30);
 
 /// The access a request needs, as distribution token scopes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -184,10 +193,23 @@ type TokenSlot = Arc<tokio::sync::Mutex<Option<Token>>>;
 
 /// The token service of one registry.
 pub struct Auth {
-    credentials: Option<Credentials>,
+    /// Replaced when a credential helper gives new ones.
+    credentials: RwLock<Option<Credentials>>,
+    helper: Option<CredentialHelper>,
+    /// The registry or its token service refused the credentials: ask the
+    /// helper again before the next request.
+    refused: AtomicBool,
+    /// When the helper was last asked; one asks at a time.
+    helper_asked: tokio::sync::Mutex<Option<Instant>>,
     stats: Arc<Stats>,
     scheme: RwLock<Scheme>,
     tokens: Mutex<HashMap<String, TokenSlot>>,
+}
+
+/// A token fetch that failed, and whether the credentials were refused.
+struct TokenFailure {
+    error: RegistryError,
+    refused: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -201,18 +223,34 @@ struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(credentials: Option<Credentials>, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        credentials: Option<Credentials>,
+        helper: Option<CredentialHelper>,
+        stats: Arc<Stats>,
+    ) -> Self {
         Auth {
-            credentials,
+            credentials: RwLock::new(credentials),
+            helper,
+            refused: AtomicBool::new(false),
+            helper_asked: tokio::sync::Mutex::new(None),
             stats,
             scheme: RwLock::new(Scheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
         }
     }
 
+    fn credentials(&self) -> Option<Credentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn basic_header(&self) -> Option<HeaderValue> {
-        let c = self.credentials.as_ref()?;
-        let raw = format!("{}:{}", c.username, c.password.expose());
+        let Some(Credentials::Basic { username, password }) = self.credentials() else {
+            return None;
+        };
+        let raw = format!("{username}:{}", password.expose());
         let mut v = HeaderValue::from_str(&format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(raw)
@@ -238,6 +276,12 @@ impl Auth {
         scope: &Scope,
         timeout: Duration,
     ) -> Result<Option<HeaderValue>, RegistryError> {
+        if self.refused.load(Ordering::Relaxed) {
+            self.ask_helper_again().await;
+        }
+        if let Some(Credentials::Bearer(token)) = self.credentials() {
+            return Ok(Some(bearer(&token)));
+        }
         match self.scheme() {
             Scheme::Unknown => Ok(None),
             Scheme::Basic => Ok(self.basic_header()),
@@ -252,9 +296,14 @@ impl Auth {
                 {
                     return Ok(Some(bearer(&t.value)));
                 }
-                let fresh = self
-                    .fetch_token(http, &realm, service.as_deref(), scope, timeout)
-                    .await?;
+                let fetch = || self.fetch_token(http, &realm, service.as_deref(), scope, timeout);
+                let fresh = match fetch().await {
+                    Ok(t) => t,
+                    Err(f) if f.refused && self.ask_helper_again().await => {
+                        fetch().await.map_err(|f| f.error)?
+                    }
+                    Err(f) => return Err(f.error),
+                };
                 let header = bearer(&fresh.value);
                 *token = Some(fresh);
                 Ok(Some(header))
@@ -265,17 +314,27 @@ impl Auth {
     /// Learns from a `401`. Returns whether the request is worth repeating
     /// with new credentials.
     pub fn on_unauthorized(&self, www_authenticate: Option<&str>, scope: &Scope) -> bool {
+        let credentials = self.credentials();
+        if matches!(credentials, Some(Credentials::Bearer(_))) {
+            // The token went out and was refused; only a helper (none
+            // gives static tokens today) could give another.
+            return false;
+        }
         let Some(challenge) = www_authenticate.and_then(parse_challenge) else {
             return false;
         };
         let mut scheme = self.scheme.write().unwrap_or_else(|e| e.into_inner());
         match challenge {
             Challenge::Basic => {
+                if matches!(*scheme, Scheme::Basic) && self.helper.is_some() {
+                    // Sent and refused: the helper's password has expired.
+                    self.refused.store(true, Ordering::Relaxed);
+                }
                 *scheme = Scheme::Basic;
                 // Repeating helps if we have credentials: this request may
                 // have gone out before the scheme was known. The caller
                 // repeats at most once, so wrong credentials do not loop.
-                self.credentials.is_some()
+                credentials.is_some()
             }
             Challenge::Bearer { realm, service } => {
                 let Ok(realm) = url::Url::parse(&realm) else {
@@ -296,6 +355,52 @@ impl Auth {
         }
     }
 
+    /// Asks the credential helper again, unless it was asked less than
+    /// [`HELPER_RETRY`] ago; returns whether the credentials changed (and
+    /// then forgets every cached token).
+    async fn ask_helper_again(&self) -> bool {
+        let Some(helper) = self.helper.clone() else {
+            return false;
+        };
+        let mut asked = self.helper_asked.lock().await;
+        self.refused.store(false, Ordering::Relaxed);
+        if asked.is_some_and(|at| at.elapsed() < HELPER_RETRY) {
+            return false;
+        }
+        *asked = Some(Instant::now());
+        let name = format!("docker-credential-{}", helper.helper);
+        let answer =
+            tokio::task::spawn_blocking(move || crate::config::docker::ask_helper(&helper)).await;
+        let fresh = match answer {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => {
+                tracing::warn!("{name} no longer has credentials for this registry");
+                return false;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("asking for new credentials: {e}");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!("asking {name} for new credentials: {e}");
+                return false;
+            }
+        };
+        let mut current = self.credentials.write().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref() == Some(&fresh) {
+            tracing::debug!("{name} gave the same credentials again");
+            return false;
+        }
+        tracing::info!("new credentials from {name}");
+        *current = Some(fresh);
+        drop(current);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        true
+    }
+
     async fn fetch_token(
         &self,
         http: &reqwest::Client,
@@ -303,11 +408,14 @@ impl Auth {
         service: Option<&str>,
         scope: &Scope,
         timeout: Duration,
-    ) -> Result<Token, RegistryError> {
-        let fail = |reason: String| RegistryError::Auth {
-            realm: display_url(realm),
-            scope: scope.to_string(),
-            reason,
+    ) -> Result<Token, TokenFailure> {
+        let fail = |reason: String| TokenFailure {
+            error: RegistryError::Auth {
+                realm: display_url(realm),
+                scope: scope.to_string(),
+                reason,
+            },
+            refused: false,
         };
         let mut url = realm.clone();
         {
@@ -319,13 +427,14 @@ impl Auth {
                 q.append_pair("scope", s);
             }
         }
-        let req = match &self.credentials {
+        let credentials = self.credentials();
+        let req = match &credentials {
             // An identity token (from `docker login` to an OAuth2 token
             // service) is exchanged with the refresh-token grant.
-            Some(c) if c.username == IDENTITY_TOKEN_USER => {
+            Some(Credentials::IdentityToken(refresh)) => {
                 let mut form = vec![
                     ("grant_type", "refresh_token".to_owned()),
-                    ("refresh_token", c.password.expose().to_owned()),
+                    ("refresh_token", refresh.expose().to_owned()),
                     ("client_id", "georep".to_owned()),
                     ("scope", scope.0.join(" ")),
                 ];
@@ -356,16 +465,18 @@ impl Auth {
         let resp = req.send().await.map_err(|e| fail(format!("{e:#}")))?;
         let status = resp.status();
         if !status.is_success() {
-            let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
-                match &self.credentials {
-                    Some(c) => format!(" (credentials of user {:?} refused)", c.username),
-                    None => " (the registry needs credentials: add `credentials` to its config)"
-                        .to_owned(),
+            let refused = status == reqwest::StatusCode::UNAUTHORIZED
+                || status == reqwest::StatusCode::FORBIDDEN;
+            let hint = match (&credentials, refused) {
+                (Some(c), true) => format!(" ({} refused)", c.describe()),
+                (None, true) => {
+                    " (the registry needs credentials: add `credentials` to its config)".to_owned()
                 }
-            } else {
-                String::new()
+                (_, false) => String::new(),
             };
-            return Err(fail(format!("token service answered HTTP {status}{hint}")));
+            let mut f = fail(format!("token service answered HTTP {status}{hint}"));
+            f.refused = refused && credentials.is_some();
+            return Err(f);
         }
         let body = super::read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
             .await

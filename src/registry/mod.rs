@@ -201,7 +201,11 @@ impl Registry {
             breaker: Breaker::new(&config.name, &display),
             display,
             http,
-            auth: Auth::new(config.credentials.clone(), stats.clone()),
+            auth: Auth::new(
+                config.credentials.clone(),
+                config.credential_helper.clone(),
+                stats.clone(),
+            ),
             permits,
             backoff: Backoff::new(max_attempts),
             timeouts,

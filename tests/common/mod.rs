@@ -312,3 +312,25 @@ pub fn writes(reg: &LocalRegistry) -> usize {
 }
 
 pub type Shared<T> = Arc<T>;
+
+/// Installs `docker-credential-georeptest` in `dir/bin`, answering `get`
+/// for `server` (any server if `None`) with user `georep` and the password
+/// that the shell expression `secret` prints; returns a PATH that has it.
+pub fn credential_helper(dir: &Path, server: Option<&str>, secret: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-georeptest");
+    let only = server.map_or(String::new(), |s| {
+        format!("[ \"$server\" = \"{s}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n")
+    });
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\n{only}printf '{{\"ServerURL\":\"%s\",\"Username\":\"georep\",\"Secret\":\"%s\"}}' \"$server\" \"{secret}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
