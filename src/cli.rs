@@ -92,6 +92,16 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep sync --config georep.yaml                   # one pass, a table per region
+  georep sync --config georep.yaml --dry-run         # what would be copied, writing nothing
+  georep sync --config georep.yaml --json | jq '.regions[] | {name, tags_failed}'
+  georep sync --config georep.yaml --verify          # re-check every item in every region
+  GEOREP_LOG=debug georep sync -c georep.yaml --progress plain 2> sync.log
+
+Exit status: 0 every region matches the primary, 1 something failed (one
+line per failure: region, repository, tag, digest, cause), 2 bad config or
+usage.")]
 pub struct SyncArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]
@@ -119,6 +129,17 @@ pub struct SyncArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep run --config /etc/georep/georep.yaml
+  GEOREP_LOG_FORMAT=json georep run -c georep.yaml   # JSON log lines for a collector
+  curl -s localhost:9090/v1/status | jq              # while it runs: per region lag, queue, errors
+
+The primary's registry posts its notifications to http://LISTEN/v1/notifications
+(notifications.endpoints in its config). SIGTERM or Ctrl-C finishes the
+work in flight (shutdown_grace_secs) and stops; what is left resumes at the
+next start. Exit status: 0 stopped on a signal, 2 could not start or
+stopped on an error (bad config, the listen address taken, the state
+store locked by another georep...; the message names it).")]
 pub struct RunArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]
@@ -126,6 +147,13 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep wait --config georep.yaml team/app:v1.4.2 --timeout 10m && kubectl apply -f deploy.yaml
+  georep wait -c georep.yaml team/app@sha256:9f86d0... --interval 5s
+
+Exit status: 0 the image is in every region at the primary's digest, 1
+timed out (the regions still missing it are named, with the last error
+asking them), 2 bad config or usage.")]
 pub struct WaitArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]
@@ -141,6 +169,12 @@ pub struct WaitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep status --config georep.yaml
+  georep status -c georep.yaml --json | jq '.regions[] | select(.tags_missing + .tags_differ > 0)'
+
+Exit status: 0 every region in sync, 1 some region behind or failing, 2 bad
+config or usage.")]
 pub struct StatusArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]
@@ -151,6 +185,12 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep check-config --config georep.yaml
+  GEOREP_CONFIG=/etc/georep/georep.yaml georep check-config
+
+Every mistake is reported with file:line:column, all at once. Exit status:
+0 valid, 2 invalid.")]
 pub struct CheckConfigArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]
@@ -158,6 +198,12 @@ pub struct CheckConfigArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  georep demo                      # start, replicate, show, clean up
+  georep demo --keep --dir ./demo  # leave the registries running (Ctrl-C stops them)
+
+Needs the `docker-registry` binary (Debian/Ubuntu: apt-get install
+docker-registry). Exit status: 0 every region matched, 1 not.")]
 pub struct DemoArgs {
     /// Directory for the registries' storage, logs and the generated config
     /// (default: a new temporary directory, removed at the end).
@@ -284,7 +330,10 @@ pub struct BenchExecArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   georep health --config /etc/georep/georep.yaml
-  georep health --url http://10.0.0.5:9090")]
+  georep health --url http://10.0.0.5:9090
+
+Exit status: 0 the daemon answered /healthz with 200, 1 it did not (or not
+in time), 2 bad config or usage.")]
 pub struct HealthArgs {
     /// The daemon's config file (its `listen` address is asked).
     #[arg(long, short, env = "GEOREP_CONFIG", required_unless_present = "url")]
@@ -295,4 +344,34 @@ pub struct HealthArgs {
     /// Give up after this long.
     #[arg(long, default_value = "3s")]
     pub timeout: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_subcommand_has_examples_and_exit_status_in_help() {
+        let cli = super::Cli::command();
+        let mut seen = 0;
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let after = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.contains("Examples:\n  georep "),
+                "{} --help has no examples",
+                sub.get_name()
+            );
+            assert!(
+                after.contains("Exit status") || after.contains("exit status"),
+                "{} --help does not give its exit status",
+                sub.get_name()
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 8);
+        cli.debug_assert();
+    }
 }
