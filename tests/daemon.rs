@@ -501,16 +501,22 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
     )
     .await;
     // The cap (1 per hour) holds the second delete back, visibly.
-    wait_for(
-        "the cap in the status",
-        Duration::from_secs(30),
-        async || {
-            daemon.status().await["regions"][0]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("delete cap"))
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = daemon.status().await;
+        if status["regions"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("delete cap"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delete cap in the status: {status:#}\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         !(gone(&a.digest).await && gone(&b.digest).await),
         "both deleted despite the cap"

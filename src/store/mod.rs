@@ -122,6 +122,10 @@ pub struct Store {
     db: sled::Db,
     primary: sled::Tree,
     statuses: sled::Tree,
+    /// Held while a region's status is read, changed and written back, so
+    /// that two updates (a delete counted, an error recorded) never lose
+    /// one another.
+    status_lock: std::sync::Mutex<()>,
     events: sled::Tree,
     latest: sled::Tree,
     regions: Vec<RegionTrees>,
@@ -252,6 +256,7 @@ impl Store {
             db,
             primary,
             statuses,
+            status_lock: std::sync::Mutex::new(()),
             regions: trees,
         })
     }
@@ -558,22 +563,39 @@ impl Store {
         error: Option<&str>,
         pass: bool,
     ) -> Result<(), StoreError> {
-        let mut s = self.region_status(r);
         let now = now_unix();
-        if pass {
-            s.last_pass_at = Some(now);
-        }
-        match error {
-            None => s.last_success_at = Some(now),
-            Some(e) => {
-                s.last_error = Some(e.to_owned());
-                s.last_error_at = Some(now);
+        self.update_status(r, |s| {
+            if pass {
+                s.last_pass_at = Some(now);
             }
-        }
+            match error {
+                None => s.last_success_at = Some(now),
+                Some(e) => {
+                    s.last_error = Some(e.to_owned());
+                    s.last_error_at = Some(now);
+                }
+            }
+            Some(())
+        })?;
+        Ok(())
+    }
+
+    /// Reads region `r`'s status, lets `f` change it, and writes it back if
+    /// `f` returns `Some` — atomically with respect to every other update.
+    pub(crate) fn update_status<T>(
+        &self,
+        r: RegionId,
+        f: impl FnOnce(&mut RegionStatus) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let _held = self.status_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.region_status(r);
+        let Some(out) = f(&mut s) else {
+            return Ok(None);
+        };
         self.statuses
             .insert(self.regions[r].name.as_bytes(), encode(&s))
             .map_err(|e| self.io(e))?;
-        Ok(())
+        Ok(Some(out))
     }
 }
 

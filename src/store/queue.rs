@@ -339,17 +339,18 @@ impl Store {
         now_ms: u64,
     ) -> Result<Result<(), u64>, StoreError> {
         const HOUR_MS: u64 = 3_600_000;
-        let mut s = self.region_status(r);
-        s.deletes_ms.retain(|t| now_ms.saturating_sub(*t) < HOUR_MS);
-        if s.deletes_ms.len() >= max_per_hour as usize {
-            let oldest = s.deletes_ms.iter().copied().min().unwrap_or(now_ms);
-            return Ok(Err((oldest + HOUR_MS).saturating_sub(now_ms)));
-        }
-        s.deletes_ms.push(now_ms);
-        self.statuses
-            .insert(self.regions[r].name.as_bytes(), encode(&s))
-            .map_err(|e| self.io(e))?;
-        Ok(Ok(()))
+        let mut wait_ms = 0;
+        let taken = self.update_status(r, |s| {
+            s.deletes_ms.retain(|t| now_ms.saturating_sub(*t) < HOUR_MS);
+            if s.deletes_ms.len() >= max_per_hour as usize {
+                let oldest = s.deletes_ms.iter().copied().min().unwrap_or(now_ms);
+                wait_ms = (oldest + HOUR_MS).saturating_sub(now_ms);
+                return None;
+            }
+            s.deletes_ms.push(now_ms);
+            Some(())
+        })?;
+        Ok(taken.ok_or(wait_ms))
     }
 
     /// Records an outcome of the daemon's work in region `r`.
@@ -371,6 +372,33 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_delete_cap_holds_under_concurrent_deletes_and_status_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(store(dir.path()));
+        let now = 1_000_000;
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut taken = 0;
+                    for _ in 0..5 {
+                        if s.take_delete(0, 10, now).unwrap().is_ok() {
+                            taken += 1;
+                        }
+                        s.record_outcome(0, Some(&format!("error {i}"))).unwrap();
+                        s.record_outcome(0, None).unwrap();
+                    }
+                    taken
+                })
+            })
+            .collect();
+        let taken: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(taken, 10);
+        assert_eq!(s.region_status(0).deletes_ms.len(), 10);
+        assert!(s.take_delete(0, 10, now).unwrap().is_err());
     }
 
     fn change(tag: &str, digest: char, ns: u64, origin: Origin) -> Change {
