@@ -271,3 +271,24 @@ mod tests {
         assert_eq!(d.hex().len(), 64);
     }
 }
+
+/// Property tests (fuzzing): a digest that parses is `algorithm:hex` of
+/// the right length, nothing else (it goes into URLs and store keys).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+        #[test]
+        fn parsed_digests_are_plain(s in "(sha256|sha512|md5|[a-z]{0,6}):[0-9a-fA-F./]{0,130}|.{0,80}") {
+            if let Ok(d) = s.parse::<Digest>() {
+                let (algo, hex) = d.as_str().split_once(':').unwrap();
+                prop_assert!(algo == "sha256" && hex.len() == 64 || algo == "sha512" && hex.len() == 128);
+                prop_assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            }
+        }
+    }
+}

@@ -46,3 +46,17 @@ pub mod registry;
 pub mod shutdown;
 pub mod store;
 pub mod watch;
+
+/// Cases per property test (fuzz target): `PROPTEST_CASES`, else 4096 —
+/// a few seconds in all, run by every `cargo test`.
+#[cfg(test)]
+pub(crate) fn fuzz_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(4096);
+    proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    }
+}

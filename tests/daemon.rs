@@ -697,3 +697,72 @@ async fn a_fresh_push_goes_ahead_of_a_long_backfill() {
         "the fresh push waited {latency:.1}s behind the backfill"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_requires_credentials_when_configured() {
+    const PASSWORD: &str = "Api-pw-5e21c0";
+    let port = free_port().unwrap();
+    let cluster = Cluster::start(1).await;
+    // Every interface, so the start warns about what is left open.
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &format!(
+            "listen: 0.0.0.0:{port}\npoll_interval_secs: 0\napi:\n  auth:\n    username: ops\n    password_env: API_PW\n"
+        ),
+    );
+    let envs = [("API_PW", PASSWORD)];
+    let daemon = DaemonProc::start(&config, port, &envs).await;
+    let http = reqwest::Client::new();
+    let basic = |user: &str, pw: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        )
+    };
+    for path in ["/v1/status", "/metrics"] {
+        for auth in [
+            None,
+            Some(basic("ops", "wrong")),
+            Some(basic("nobody", PASSWORD)),
+        ] {
+            let mut req = http.get(daemon.url(path));
+            if let Some(a) = &auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} with {auth:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"georep\"");
+        }
+        let r = http
+            .get(daemon.url(path))
+            .header("authorization", basic("ops", PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains(PASSWORD));
+        if path == "/metrics" {
+            assert_eq!(metric(&body, "georep_api_unauthorized_total"), Some(6.0));
+        }
+    }
+    // The probes stay open.
+    for path in ["/healthz", "/readyz"] {
+        let r = http.get(daemon.url(path)).send().await.unwrap();
+        assert_ne!(r.status(), 401, "{path}");
+    }
+    // `georep status` asks the daemon (it holds the store) with them.
+    let out = georep(&["status", "--config", config.to_str().unwrap()], &envs).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("from the running daemon"), "{text}");
+    let log = daemon.log_text();
+    assert!(
+        log.contains(
+            "reachable from the network without credentials: the webhook (set webhook.auth)"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains(PASSWORD));
+}

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub regions: Vec<RegionMetrics>,
     events: [AtomicU64; EventResult::ALL.len()],
     pub webhook_unauthorized: AtomicU64,
+    /// Status and metrics requests refused (`api.auth`).
+    pub api_unauthorized: AtomicU64,
     pub reconciles: AtomicU64,
     pub reconcile_failures: AtomicU64,
     pub notifications_sent: AtomicU64,
@@ -131,6 +133,7 @@ impl Metrics {
             regions: (0..regions).map(|_| RegionMetrics::default()).collect(),
             events: Default::default(),
             webhook_unauthorized: AtomicU64::new(0),
+            api_unauthorized: AtomicU64::new(0),
             reconciles: AtomicU64::new(0),
             reconcile_failures: AtomicU64::new(0),
             notifications_sent: AtomicU64::new(0),
@@ -315,11 +318,16 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
             m.events(r)
         );
     }
-    let plain: [(&str, &str, &AtomicU64); 5] = [
+    let plain: [(&str, &str, &AtomicU64); 6] = [
         (
             "georep_webhook_unauthorized_total",
             "Webhook requests refused for missing or wrong credentials.",
             &m.webhook_unauthorized,
+        ),
+        (
+            "georep_api_unauthorized_total",
+            "Status and metrics requests refused for missing or wrong credentials.",
+            &m.api_unauthorized,
         ),
         (
             "georep_reconciles_total",

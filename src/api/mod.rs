@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::config::{DeletePolicy, WebhookAuth};
+use crate::config::{DeletePolicy, HttpAuth};
 use crate::daemon::{ReconcileStatus, Shared};
 use crate::store::queue::Action;
 use crate::store::{format_unix, now_unix_ms};
@@ -37,13 +37,51 @@ const PROBE_TTL: Duration = Duration::from_secs(5);
 const MAX_PARKED_LISTED: usize = 100;
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    let guarded = Router::new()
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics_text))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            api_auth,
+        ));
     Router::new()
         .route("/v1/notifications", post(notifications))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics_text))
+        .merge(guarded)
         .with_state(shared)
+}
+
+/// A 401 with the challenge of `auth`.
+fn refuse(auth: &HttpAuth, what: &str) -> Response {
+    let mut r = plain(
+        StatusCode::UNAUTHORIZED,
+        format!("missing or wrong credentials for {what}"),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(auth.challenge()),
+    );
+    r
+}
+
+/// `/v1/status` and `/metrics` need `api.auth`'s credentials when it is
+/// configured.
+async fn api_auth(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(auth) = &shared.config.daemon.api_auth
+        && !authorized(auth, req.headers().get(header::AUTHORIZATION))
+    {
+        shared
+            .metrics
+            .api_unauthorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return refuse(auth, "the georep API (see `api.auth` in the config)");
+    }
+    next.run(req).await
 }
 
 fn plain(status: StatusCode, message: impl Into<String>) -> Response {
@@ -55,18 +93,10 @@ fn plain(status: StatusCode, message: impl Into<String>) -> Response {
 /// Whether `given` (an `Authorization` header) matches `auth`. Both sides
 /// are hashed first so the comparison takes the same time whatever the
 /// input, its length included.
-fn authorized(auth: &WebhookAuth, given: Option<&HeaderValue>) -> bool {
-    use base64::Engine as _;
-    let expected = match auth {
-        WebhookAuth::Bearer(token) => format!("Bearer {}", token.expose()),
-        WebhookAuth::Basic { username, password } => format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{username}:{}", password.expose()))
-        ),
-    };
+fn authorized(auth: &HttpAuth, given: Option<&HeaderValue>) -> bool {
+    let expected = auth.authorization();
     let given = given.map(HeaderValue::as_bytes).unwrap_or(b"");
-    let a = sha2::Sha256::digest(expected.as_bytes());
+    let a = sha2::Sha256::digest(expected.expose().as_bytes());
     let b = sha2::Sha256::digest(given);
     a.iter()
         .zip(b.iter())
@@ -87,19 +117,10 @@ async fn notifications(
             .metrics
             .webhook_unauthorized
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let challenge = match auth {
-            WebhookAuth::Bearer(_) => "Bearer realm=\"georep\"",
-            WebhookAuth::Basic { .. } => "Basic realm=\"georep\"",
-        };
-        let mut r = plain(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong credentials for the georep webhook (see `webhook.auth` in the config)",
+        return refuse(
+            auth,
+            "the georep webhook (see `webhook.auth` in the config)",
         );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        );
-        return r;
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -407,7 +428,7 @@ mod tests {
 
     #[test]
     fn credentials_compare() {
-        let bearer = WebhookAuth::Bearer(Secret::new("s3cret"));
+        let bearer = HttpAuth::Bearer(Secret::new("s3cret"));
         assert!(authorized(
             &bearer,
             Some(&HeaderValue::from_static("Bearer s3cret"))
@@ -417,7 +438,7 @@ mod tests {
             Some(&HeaderValue::from_static("Bearer s3cre"))
         ));
         assert!(!authorized(&bearer, None));
-        let basic = WebhookAuth::Basic {
+        let basic = HttpAuth::Basic {
             username: "registry".into(),
             password: Secret::new("pw"),
         };

@@ -182,9 +182,16 @@ async fn from_daemon(
         listen
     };
     let url = format!("http://{host}/v1/status");
-    let view: serde_json::Value = reqwest::Client::new()
+    let mut request = reqwest::Client::new()
         .get(&url)
-        .timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(auth) = &config.daemon.api_auth {
+        let mut value = reqwest::header::HeaderValue::from_str(auth.authorization().expose())
+            .context("api.auth holds characters not allowed in an HTTP header")?;
+        value.set_sensitive(true);
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let view: serde_json::Value = request
         .send()
         .await
         .and_then(|r| r.error_for_status())

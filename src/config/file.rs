@@ -48,6 +48,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub webhook: FileWebhook,
     #[serde(default)]
+    pub api: FileApi,
+    #[serde(default)]
     pub deletes: FileDeletes,
     /// Outgoing notifications.
     #[serde(default)]
@@ -62,12 +64,22 @@ pub struct FileWebhook {
     pub max_body_bytes: Option<Spanned<usize>>,
     /// Credentials the registry must send; none means open.
     #[serde(default)]
-    pub auth: Option<Spanned<FileWebhookAuth>>,
+    pub auth: Option<Spanned<FileHttpAuth>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApi {
+    /// Credentials a client of /v1/status and /metrics must send; none
+    /// means open (the probes /healthz and /readyz always are).
+    #[serde(default)]
+    pub auth: Option<Spanned<FileHttpAuth>>,
+}
+
+/// Credentials a client of the daemon's HTTP API must send.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileWebhookAuth {
+pub struct FileHttpAuth {
     /// `Authorization: Bearer <token>`, the token read from this variable.
     #[serde(default)]
     pub bearer_token_env: Option<Spanned<String>>,

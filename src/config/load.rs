@@ -9,11 +9,11 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde_saphyr::{Location, Spanned};
 
-use super::file::{FileConfig, FileCredentials, FileRegistry, FileSize, FileTls};
+use super::file::{FileConfig, FileCredentials, FileHttpAuth, FileRegistry, FileSize, FileTls};
 use super::{
     Concurrency, Config, Credentials, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENT_REQUESTS,
-    DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig, DeletePolicy, NotifyTarget, RegistryConfig,
-    RepositoryFilter, Secret, Timeouts, Tls, WebhookAuth,
+    DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig, DeletePolicy, HttpAuth, NotifyTarget,
+    RegistryConfig, RepositoryFilter, Secret, Timeouts, Tls,
 };
 
 /// A loopback host (`localhost`, 127.0.0.0/8, `::1`): plain http to it
@@ -544,6 +544,57 @@ impl Validator<'_> {
         Some(super::base_url(url))
     }
 
+    /// `webhook.auth` or `api.auth` (`what`): a bearer token, or a username
+    /// with a password.
+    fn http_auth(&mut self, a: &Spanned<FileHttpAuth>, what: &str) -> Option<HttpAuth> {
+        let at = a.referenced;
+        let a = &a.value;
+        let bearer = a.bearer_token_env.is_some() || a.bearer_token_file.is_some();
+        match (&a.username, bearer) {
+            (Some(_), true) => {
+                self.issue(
+                    at,
+                    format!(
+                        "{what}: give either a bearer token or a username and password, not both"
+                    ),
+                );
+                None
+            }
+            (Some(username), false) => {
+                let password = self.secret(
+                    &a.password_env,
+                    &a.password_file,
+                    at,
+                    &format!("{what} with a username"),
+                    "password",
+                )?;
+                Some(HttpAuth::Basic {
+                    username: username.clone(),
+                    password,
+                })
+            }
+            (None, _) => {
+                if let Some(p) = a
+                    .password_env
+                    .as_ref()
+                    .map(|p| p.referenced)
+                    .or(a.password_file.as_ref().map(|p| p.referenced))
+                {
+                    self.issue(p, format!("{what}: a password needs a username"));
+                    return None;
+                }
+                self.secret(
+                    &a.bearer_token_env,
+                    &a.bearer_token_file,
+                    at,
+                    what,
+                    "bearer_token",
+                )
+                .map(HttpAuth::Bearer)
+            }
+        }
+    }
+
     /// Exactly one of: `username` with a password, a bearer `token_*`, an
     /// `identity_token_*`.
     fn credentials(&mut self, c: &Spanned<FileCredentials>) -> Option<Credentials> {
@@ -698,51 +749,16 @@ impl Validator<'_> {
             "max_body_bytes",
             d.webhook_max_body_bytes,
         );
-        let webhook_auth = file.webhook.auth.as_ref().and_then(|a| {
-            let at = a.referenced;
-            let a = &a.value;
-            let bearer = a.bearer_token_env.is_some() || a.bearer_token_file.is_some();
-            match (&a.username, bearer) {
-                (Some(_), true) => {
-                    self.issue(
-                        at,
-                        "webhook.auth: give either a bearer token or a username and password, not both",
-                    );
-                    None
-                }
-                (Some(username), false) => {
-                    let password = self.secret(
-                        &a.password_env,
-                        &a.password_file,
-                        at,
-                        "webhook.auth with a username",
-                        "password",
-                    )?;
-                    Some(WebhookAuth::Basic {
-                        username: username.clone(),
-                        password,
-                    })
-                }
-                (None, _) => {
-                    if let Some(p) = a.password_env.as_ref().map(|p| p.referenced).or(a
-                        .password_file
-                        .as_ref()
-                        .map(|p| p.referenced))
-                    {
-                        self.issue(p, "webhook.auth: a password needs a username");
-                        return None;
-                    }
-                    self.secret(
-                        &a.bearer_token_env,
-                        &a.bearer_token_file,
-                        at,
-                        "webhook.auth",
-                        "bearer_token",
-                    )
-                    .map(WebhookAuth::Bearer)
-                }
-            }
-        });
+        let webhook_auth = file
+            .webhook
+            .auth
+            .as_ref()
+            .and_then(|a| self.http_auth(a, "webhook.auth"));
+        let api_auth = file
+            .api
+            .auth
+            .as_ref()
+            .and_then(|a| self.http_auth(a, "api.auth"));
         let deletes = match &file.deletes.policy {
             None => DeletePolicy::Ignore,
             Some(p) => match p.value.as_str() {
@@ -822,6 +838,7 @@ impl Validator<'_> {
             park_after_attempts,
             webhook_max_body_bytes,
             webhook_auth,
+            api_auth,
             deletes,
             max_deletes_per_hour,
             deletes_dry_run: file.deletes.dry_run,
@@ -1071,5 +1088,64 @@ regions:
             err.contains(":11:25: max_concurrent_blobs must be at least 1"),
             "{err}"
         );
+    }
+}
+
+/// Property tests (fuzzing) of the config loader: any text, and valid
+/// configs with lines dropped, doubled or garbled, load or fail with
+/// messages, never a panic; alias bombs are refused.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FULL: &str = include_str!("../../config/example.yaml");
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+        #[test]
+        fn any_text(text in ".{0,400}") {
+            let _ = load_str(Path::new("fuzz.yaml"), &text, &no_env);
+        }
+
+        #[test]
+        fn mangled_configs(
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), 0u8..4, ".{0,12}"), 1..6),
+        ) {
+            let mut lines: Vec<String> = FULL.lines().map(str::to_owned).collect();
+            for (at, how, junk) in edits {
+                let i = at.index(lines.len());
+                match how {
+                    0 => { lines.remove(i); }
+                    1 => { let l = lines[i].clone(); lines.insert(i, l); }
+                    2 => lines[i] = lines[i].trim_start_matches('#').trim_start().to_owned(),
+                    _ => lines[i].push_str(&junk),
+                }
+                if lines.is_empty() {
+                    break;
+                }
+            }
+            let _ = load_str(Path::new("fuzz.yaml"), &lines.join("\n"), &no_env);
+        }
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let err = load_str(Path::new("bomb.yaml"), &text, &no_env).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(err.to_string().contains("bomb.yaml"), "{err}");
     }
 }

@@ -89,7 +89,9 @@ pub struct DaemonConfig {
     pub retry_max: Duration,
     pub park_after_attempts: u32,
     pub webhook_max_body_bytes: usize,
-    pub webhook_auth: Option<WebhookAuth>,
+    pub webhook_auth: Option<HttpAuth>,
+    /// What /v1/status and /metrics require.
+    pub api_auth: Option<HttpAuth>,
     pub deletes: DeletePolicy,
     pub max_deletes_per_hour: u32,
     pub deletes_dry_run: bool,
@@ -106,6 +108,7 @@ impl Default for DaemonConfig {
             park_after_attempts: DEFAULT_PARK_AFTER_ATTEMPTS,
             webhook_max_body_bytes: DEFAULT_WEBHOOK_MAX_BODY_BYTES,
             webhook_auth: None,
+            api_auth: None,
             deletes: DeletePolicy::Ignore,
             max_deletes_per_hour: DEFAULT_MAX_DELETES_PER_HOUR,
             deletes_dry_run: false,
@@ -114,11 +117,34 @@ impl Default for DaemonConfig {
     }
 }
 
-/// What the webhook requires of the sender.
+/// What a part of the daemon's HTTP API requires of its clients.
 #[derive(Clone, Debug)]
-pub enum WebhookAuth {
+pub enum HttpAuth {
     Bearer(Secret),
     Basic { username: String, password: Secret },
+}
+
+impl HttpAuth {
+    /// The `Authorization` header value a client sends.
+    pub fn authorization(&self) -> Secret {
+        use base64::Engine as _;
+        Secret::new(match self {
+            HttpAuth::Bearer(token) => format!("Bearer {}", token.expose()),
+            HttpAuth::Basic { username, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()))
+            ),
+        })
+    }
+
+    /// The `WWW-Authenticate` challenge for a refusal.
+    pub fn challenge(&self) -> &'static str {
+        match self {
+            HttpAuth::Bearer(_) => "Bearer realm=\"georep\"",
+            HttpAuth::Basic { .. } => "Basic realm=\"georep\"",
+        }
+    }
 }
 
 /// What a manifest deleted on the primary does to the regions.

@@ -141,6 +141,26 @@ impl Daemon {
             poll_interval_secs = shared.config.daemon.poll_interval.map(|d| d.as_secs()),
             "georep daemon listening"
         );
+        if !addr.ip().is_loopback() {
+            let d = &shared.config.daemon;
+            let open: Vec<&str> = [
+                (d.webhook_auth.is_none(), "the webhook (set webhook.auth)"),
+                (
+                    d.api_auth.is_none(),
+                    "/v1/status and /metrics (set api.auth)",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(open, what)| open.then_some(what))
+            .collect();
+            if !open.is_empty() {
+                tracing::warn!(
+                    %addr,
+                    "reachable from the network without credentials: {}",
+                    open.join(", ")
+                );
+            }
+        }
 
         let api = {
             let mut signal = signal.clone();

@@ -559,3 +559,43 @@ mod tests {
         );
     }
 }
+
+/// Property tests (fuzzing): the challenge parser never panics, and reads
+/// back any realm and service, whatever they contain.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn quote(s: &str) -> String {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+        #[test]
+        fn any_header_parses_or_not_without_panic(h in ".{0,300}") {
+            let _ = parse_challenge(&h);
+        }
+
+        #[test]
+        fn bearer_params_round_trip(
+            realm in "[ -~]{1,80}",
+            service in "[ -~]{0,40}",
+            scope in "[ -~]{0,60}",
+            spaces in " {0,3}",
+        ) {
+            let h = format!(
+                "Bearer realm={}{spaces},{spaces}service={},scope={}",
+                quote(&realm),
+                quote(&service),
+                quote(&scope)
+            );
+            prop_assert_eq!(
+                parse_challenge(&h),
+                Some(Challenge::Bearer { realm, service: Some(service) })
+            );
+        }
+    }
+}

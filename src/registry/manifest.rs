@@ -282,3 +282,83 @@ mod tests {
         );
     }
 }
+
+/// Property tests (fuzzing) of manifest and index parsing: any bytes under
+/// any media type parse or fail cleanly, and every digest a parsed
+/// manifest yields is well-formed (safe in a URL path).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn media_type() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(DOCKER_MANIFEST.to_owned()),
+            Just(DOCKER_MANIFEST_LIST.to_owned()),
+            Just(OCI_MANIFEST.to_owned()),
+            Just(OCI_INDEX.to_owned()),
+            Just(OCI_ARTIFACT_MANIFEST.to_owned()),
+            Just(DOCKER_SCHEMA1_SIGNED.to_owned()),
+            ".{0,40}",
+        ]
+    }
+
+    fn descriptor() -> impl Strategy<Value = serde_json::Value> {
+        (
+            prop_oneof!["sha256:[0-9a-f]{64}", "sha256:[0-9a-f./]{0,66}", ".{0,70}"],
+            any::<u64>(),
+            ".{0,30}",
+        )
+            .prop_map(|(digest, size, mt)| serde_json::json!({"mediaType": mt, "digest": digest, "size": size}))
+    }
+
+    fn check(m: &Manifest) -> Result<(), TestCaseError> {
+        if let Ok(refs) = m.references() {
+            for d in refs.blobs.iter().chain(&refs.manifests).map(|d| &d.digest) {
+                prop_assert!(d.as_str().parse::<Digest>().is_ok());
+                prop_assert!(!d.as_str().contains('/'));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+        #[test]
+        fn any_bytes_under_any_media_type(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+            mt in media_type(),
+            ct in proptest::option::of(".{0,40}"),
+        ) {
+            let _ = Manifest::resolve_media_type(ct.as_deref(), &bytes);
+            let m = Manifest {
+                digest: Digest::sha256_of(&bytes),
+                bytes: Bytes::from(bytes),
+                media_type: mt,
+            };
+            check(&m)?;
+        }
+
+        #[test]
+        fn structured_manifests_and_indexes(
+            mt in media_type(),
+            config in proptest::option::of(descriptor()),
+            layers in proptest::option::of(proptest::collection::vec(descriptor(), 0..5)),
+            manifests in proptest::option::of(proptest::collection::vec(descriptor(), 0..5)),
+            schema in prop_oneof![Just(serde_json::json!(2)), Just(serde_json::json!(1)), Just(serde_json::json!("x"))],
+        ) {
+            let doc = serde_json::json!({
+                "schemaVersion": schema, "mediaType": mt,
+                "config": config, "layers": layers, "manifests": manifests,
+            });
+            let bytes = doc.to_string().into_bytes();
+            let m = Manifest {
+                media_type: Manifest::resolve_media_type(None, &bytes),
+                digest: Digest::sha256_of(&bytes),
+                bytes: Bytes::from(bytes),
+            };
+            check(&m)?;
+        }
+    }
+}

@@ -1105,3 +1105,33 @@ mod tests {
         assert_eq!(next_link("garbage"), None);
     }
 }
+
+/// Property tests (fuzzing) of the `Link` header parser.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::next_link;
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+        #[test]
+        fn any_link_header_without_panic(h in ".{0,300}") {
+            let _ = next_link(&h);
+        }
+
+        #[test]
+        fn the_next_target_is_found_among_others(
+            target in "/v2/[a-z0-9/_.?=&-]{0,80}",
+            other in "/[a-z0-9/_.?=&-]{0,40}",
+            next_first in any::<bool>(),
+            quoted in any::<bool>(),
+        ) {
+            let rel = if quoted { "rel=\"next\"" } else { "rel=next" };
+            let next = format!("<{target}>; {rel}");
+            let prev = format!("<{other}>; rel=\"prev\"");
+            let h = if next_first { format!("{next}, {prev}") } else { format!("{prev}, {next}") };
+            prop_assert_eq!(next_link(&h), Some(target));
+        }
+    }
+}

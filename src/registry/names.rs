@@ -21,6 +21,10 @@ pub fn check_repository(repository: &str) -> Result<(), String> {
 
 /// Whether `tag` is a valid tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`).
 pub fn check_tag(tag: &str) -> Result<(), String> {
+    // The reference parser's `\w` would take any Unicode letter.
+    if !tag.is_ascii() {
+        return Err(format!("tag {tag:?} is not valid: not ASCII"));
+    }
     match format!("{HOST}/x:{tag}").parse::<Reference>() {
         Ok(r) if r.tag() == Some(tag) && r.digest().is_none() => Ok(()),
         Ok(_) => Err(format!("tag {tag:?} is not valid")),
@@ -52,6 +56,73 @@ mod tests {
         let long = "x".repeat(129);
         for bad in ["", ".a", "-a", "a/b", "a:b", "a@b", &long] {
             assert!(check_tag(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Property tests (fuzzing): what passes the checks follows the
+/// distribution spec's grammar, checked here by a separate reading of it.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
+    fn grammar_repository(s: &str) -> bool {
+        s.split('/').all(|c| {
+            let b = c.as_bytes();
+            let alnum = |x: &u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+            if b.is_empty() || !alnum(&b[0]) || !alnum(&b[b.len() - 1]) {
+                return false;
+            }
+            let mut i = 0;
+            while i < b.len() {
+                if alnum(&b[i]) {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < b.len() && !alnum(&b[i]) {
+                    i += 1;
+                }
+                let sep = &c[start..i];
+                if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+                    return false;
+                }
+            }
+            true
+        })
+    }
+
+    fn grammar_tag(s: &str) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            && b.iter()
+                .all(|x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+        #[test]
+        fn accepted_repositories_follow_the_grammar(s in "[a-zA-Z0-9._/%:@-]{0,60}|.{0,60}") {
+            if check_repository(&s).is_ok() {
+                prop_assert!(grammar_repository(&s), "{s:?}");
+            }
+        }
+
+        #[test]
+        fn grammatical_repositories_are_accepted(
+            s in "[a-z0-9]{1,8}((\\.|_|__|-{1,3})[a-z0-9]{1,8}){0,2}(/[a-z0-9]{1,8}((\\.|_|-)[a-z0-9]{1,8}){0,2}){0,3}"
+        ) {
+            prop_assert!(check_repository(&s).is_ok(), "{s:?}");
+        }
+
+        #[test]
+        fn accepted_tags_follow_the_grammar(s in "[a-zA-Z0-9._/:@-]{0,130}|.{0,40}") {
+            prop_assert_eq!(check_tag(&s).is_ok(), grammar_tag(&s), "{:?}", s);
         }
     }
 }

@@ -267,3 +267,84 @@ mod tests {
         assert!(!accepts_content_type("text/plain"));
     }
 }
+
+/// Property tests (fuzzing) of the webhook: no body makes the parser or
+/// the decision panic, and nothing reaches the queue with a name or digest
+/// that breaks the distribution grammar (no `..`, no `/` tricks).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::names;
+
+    /// Names built to be hostile: dots, slashes, escapes, long runs.
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9]{1,12}(/[a-z0-9]{1,12}){0,3}",
+            "[a-z0-9./_%-]{0,40}",
+            Just("../../etc/passwd".to_owned()),
+            Just("team/../../x".to_owned()),
+            Just("/abs/path".to_owned()),
+            Just("a//b".to_owned()),
+            Just("a/b/".to_owned()),
+            Just("ns%2F..%2Fx".to_owned()),
+            Just("a\u{0}b".to_owned()),
+            ".{0,40}",
+            "[a-z]{200,300}",
+        ]
+    }
+
+    fn digest() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "sha256:[0-9a-f]{64}",
+            "sha256:[0-9a-f]{0,70}",
+            "sha512:[0-9a-f]{128}",
+            "[a-z0-9]{0,8}:[0-9a-zA-Z./]{0,70}",
+            ".{0,80}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+        #[test]
+        fn any_body_parses_or_is_refused_without_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(events) = parse(&body) {
+                for e in &events {
+                    let _ = decide(e, &RepositoryFilter::default(), 1);
+                }
+            }
+        }
+
+        #[test]
+        fn only_valid_names_and_digests_are_queued(
+            id in ".{0,20}",
+            action in prop_oneof![Just("push"), Just("delete"), Just("pull"), Just("mount"), Just("x")],
+            repository in hostile(),
+            tag in proptest::option::of(hostile()),
+            digest in proptest::option::of(digest()),
+            media_type in prop_oneof![
+                Just("application/vnd.oci.image.manifest.v1+json".to_owned()),
+                Just("application/vnd.oci.image.index.v1+json".to_owned()),
+                ".{0,30}",
+            ],
+            timestamp in prop_oneof![Just("2026-11-26T18:54:58.940280238Z".to_owned()), ".{0,30}"],
+        ) {
+            let event = serde_json::json!({"events": [{
+                "id": id, "timestamp": timestamp, "action": action,
+                "target": {"mediaType": media_type, "repository": repository, "tag": tag, "digest": digest},
+            }]});
+            let events = parse(event.to_string().as_bytes()).unwrap();
+            if let Decision::Queue { change, .. } = decide(&events[0], &RepositoryFilter::default(), 1) {
+                prop_assert!(names::check_repository(&change.repository).is_ok());
+                prop_assert!(!change.repository.split('/').any(|c| c.is_empty() || c == "." || c == ".."));
+                let reference = &change.reference;
+                prop_assert!(
+                    names::check_tag(reference).is_ok() || reference.parse::<Digest>().is_ok(),
+                    "{reference:?}"
+                );
+                prop_assert!(!reference.contains('/'));
+            }
+        }
+    }
+}
