@@ -488,22 +488,28 @@ impl Registry {
                     reason: format!("listing did not end after {MAX_LIST_PAGES} pages"),
                 });
             }
-            let a = self
-                .send(op, Method::GET, url.clone(), scope, HeaderMap::new(), None)
+            let (link, body) = self
+                .with_body_retries(&url, || async {
+                    let a = self
+                        .send(op, Method::GET, url.clone(), scope, HeaderMap::new(), None)
+                        .await?;
+                    if a.resp.status() != StatusCode::OK {
+                        return Err(BodyError::Answer(a.into_error(Method::GET).await));
+                    }
+                    let link = a
+                        .resp
+                        .headers()
+                        .get(LINK)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(next_link)
+                        .and_then(|l| url.join(&l).ok());
+                    let body = read_limited(a.resp, MAX_LIST_BODY_BYTES)
+                        .await
+                        .map_err(|e| RegistryError::transport(Method::GET, &url, e))
+                        .map_err(BodyError::Body)?;
+                    Ok((link, body))
+                })
                 .await?;
-            if a.resp.status() != StatusCode::OK {
-                return Err(a.into_error(Method::GET).await);
-            }
-            let link = a
-                .resp
-                .headers()
-                .get(LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link)
-                .and_then(|l| url.join(&l).ok());
-            let body = read_limited(a.resp, MAX_LIST_BODY_BYTES)
-                .await
-                .map_err(|e| RegistryError::transport(Method::GET, &url, e))?;
             let items = parse(&body).map_err(|e| RegistryError::Protocol {
                 method: Method::GET,
                 url: display_url(&url),
@@ -518,6 +524,43 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+
+    /// Runs `once` (a request whose body is read after `send` answered)
+    /// until it succeeds, fails for a reason other than its body, or has
+    /// had `max_attempts`: a body that breaks, stalls or arrives corrupt
+    /// is asked for again, as `send` does for failures before the answer.
+    async fn with_body_retries<T, F, Fut>(
+        &self,
+        url: &url::Url,
+        once: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BodyError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match once().await {
+                Ok(v) => return Ok(v),
+                Err(BodyError::Answer(e)) => return Err(e),
+                Err(BodyError::Body(e))
+                    if e.is_transient() && attempt < self.backoff.max_attempts =>
+                {
+                    let delay = self.backoff.delay(attempt, None);
+                    tracing::debug!(
+                        registry = %self.name,
+                        url = %display_url(url),
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "reading the body failed, asking again: {e}"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(BodyError::Body(e)) => return Err(e),
+            }
+        }
     }
 
     fn manifest_url(&self, repository: &str, reference: &str) -> url::Url {
@@ -598,6 +641,18 @@ impl Registry {
         scope: &Scope,
     ) -> Result<Option<Manifest>, RegistryError> {
         let url = self.manifest_url(repository, reference);
+        self.with_body_retries(&url, || self.get_manifest_once(&url, reference, scope))
+            .await
+    }
+
+    /// One `GET` of a manifest; errors after the answer's head (reading
+    /// or verifying the body) are [`BodyError::Body`].
+    async fn get_manifest_once(
+        &self,
+        url: &url::Url,
+        reference: &str,
+        scope: &Scope,
+    ) -> Result<Option<Manifest>, BodyError> {
         let a = self
             .send(
                 Op::ManifestGet,
@@ -611,12 +666,12 @@ impl Registry {
         match a.resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(a.into_error(Method::GET).await),
+            _ => return Err(BodyError::Answer(a.into_error(Method::GET).await)),
         }
         let headers = a.resp.headers().clone();
         let bytes = read_limited(a.resp, manifest::MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| RegistryError::transport(Method::GET, &url, e))?;
+            .map_err(|e| BodyError::Body(RegistryError::transport(Method::GET, url, e)))?;
         self.stats.read(bytes.len() as u64);
         let claimed = reference.parse::<Digest>().ok().or_else(|| {
             headers
@@ -629,11 +684,11 @@ impl Registry {
                 let mut v = crate::digest::Verifier::new(&expected, None);
                 let verified = v.update(&bytes).and_then(|()| v.finish());
                 if let Err(mismatch) = verified {
-                    return Err(RegistryError::Corrupt {
-                        url: display_url(&url),
+                    return Err(BodyError::Body(RegistryError::Corrupt {
+                        url: display_url(url),
                         digest: expected,
                         mismatch,
-                    });
+                    }));
                 }
                 expected
             }
@@ -1064,6 +1119,20 @@ pub(crate) async fn read_limited(
         out.extend_from_slice(&chunk);
     }
     Ok(out.freeze())
+}
+
+/// How a request with a body to read failed.
+enum BodyError {
+    /// Before or with the answer's head (`send` retried what it could).
+    Answer(RegistryError),
+    /// Reading or checking the body.
+    Body(RegistryError),
+}
+
+impl From<RegistryError> for BodyError {
+    fn from(e: RegistryError) -> Self {
+        BodyError::Answer(e)
+    }
 }
 
 /// The target of a `Link: <...>; rel="next"` header.

@@ -334,3 +334,121 @@ pub fn credential_helper(dir: &Path, server: Option<&str>, secret: &str) -> Stri
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
 }
+
+/// Every corpus tag that `region_url` serves points at complete content:
+/// its manifest, every child manifest and every blob are there (a tag may
+/// be missing, but never dangling). Returns how many tags it serves.
+pub async fn no_dangling_tags(region_url: &str, corpus: &Corpus) -> Result<usize, String> {
+    let tags: Vec<(String, String)> = corpus
+        .tags
+        .iter()
+        .map(|t| (t.repository.clone(), t.tag.clone()))
+        .collect();
+    no_dangling(region_url, &tags, &corpus.foreign).await
+}
+
+/// [`no_dangling_tags`] for these (repository, tag) pairs; `foreign`
+/// layers are not expected in the region.
+pub async fn no_dangling(
+    region_url: &str,
+    tags: &[(String, String)],
+    foreign: &[Digest],
+) -> Result<usize, String> {
+    let region = client(region_url);
+    let mut present = 0;
+    for (repo, tag) in tags {
+        let scope = Scope::pull(repo);
+        let Some(head) = region
+            .head_manifest(repo, tag, &scope)
+            .await
+            .map_err(|e| format!("{region_url} {repo}:{tag}: {e:#}"))?
+        else {
+            continue;
+        };
+        present += 1;
+        let mut stack = vec![head.digest.clone()];
+        while let Some(d) = stack.pop() {
+            let m = region
+                .get_manifest(repo, d.as_str(), &scope)
+                .await
+                .map_err(|e| format!("{region_url} {repo}@{d}: {e:#}"))?
+                .ok_or_else(|| format!("{region_url} {repo}:{tag} is dangling: no {d}"))?;
+            let refs = m.references().map_err(|e| e.to_string())?;
+            stack.extend(refs.manifests.iter().map(|c| c.digest.clone()));
+            for b in refs.blobs {
+                if foreign.contains(&b.digest) {
+                    continue;
+                }
+                let size = region
+                    .head_blob(repo, &b.digest, &scope)
+                    .await
+                    .map_err(|e| format!("{region_url} blob {repo}@{}: {e:#}", b.digest))?;
+                if size != Some(b.size) {
+                    return Err(format!(
+                        "{region_url} {repo}:{tag} is dangling: blob {} has size {size:?}, not {}",
+                        b.digest, b.size
+                    ));
+                }
+            }
+        }
+    }
+    Ok(present)
+}
+
+/// Every fact the state store at `store_dir` records about the corpus in
+/// each region is true of the region itself (reached at `direct[r]`):
+/// recorded manifests exist with that digest, recorded blobs exist with
+/// their size. `regions` are (name, URL) as the config gave them. Returns
+/// how many facts were checked.
+pub async fn store_facts_hold(
+    store_dir: &Path,
+    regions: &[(String, String)],
+    direct: &[String],
+    corpus: &Corpus,
+) -> Result<usize, String> {
+    let store = georep::store::Store::open(store_dir, regions).map_err(|e| e.to_string())?;
+    let mut checked = 0;
+    for (r, url) in direct.iter().enumerate() {
+        let region = client(url);
+        for (repo, reference, fact) in store.region_manifests(r).collect::<Vec<_>>() {
+            let scope = Scope::pull(&repo);
+            let head = region
+                .head_manifest(&repo, fact.digest.as_str(), &scope)
+                .await
+                .map_err(|e| format!("{url} {repo}@{}: {e:#}", fact.digest))?;
+            if head.is_none() {
+                return Err(format!(
+                    "the store says {url} has {repo}:{reference} = {}, it does not",
+                    fact.digest
+                ));
+            }
+            checked += 1;
+        }
+        for (repo, blobs) in &corpus.blobs {
+            for (digest, blob) in blobs {
+                if !store.has_blob(r, repo, digest) {
+                    continue;
+                }
+                let size = region
+                    .head_blob(repo, digest, &Scope::pull(repo))
+                    .await
+                    .map_err(|e| format!("{url} blob {repo}@{digest}: {e:#}"))?;
+                if size != Some(blob.size) {
+                    return Err(format!(
+                        "the store says {url} has blob {repo}@{digest}, it has {size:?}"
+                    ));
+                }
+                checked += 1;
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// A test knob from the environment (for soak runs), else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,7 +1,10 @@
 //! A fault-injecting HTTP proxy in front of a real registry: forwards every
 //! request, and on the paths it is told about, corrupts a blob's bytes in
 //! flight, serves a schema1 manifest instead of the real one, or shrinks
-//! listing pages so pagination is exercised.
+//! listing pages so pagination is exercised. With [`Chaos`] it faults a
+//! share of all requests on a seeded schedule: 5xx, 429 with Retry-After,
+//! connections reset mid-body, truncated bodies, stalls longer than the
+//! client's timeouts, and flipped bytes in downloaded content.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +26,8 @@ pub struct Faults {
     pub page_size: Option<usize>,
     /// Break every upload of this blob after its first bytes.
     pub cut_upload: Option<Digest>,
+    /// Break only this many uploads of `cut_upload` (none: every one).
+    pub cut_upload_times: Option<usize>,
     /// Until this time, answer every request `429` with `Retry-After`
     /// of this many seconds.
     pub busy_until: Option<(std::time::Instant, u64)>,
@@ -31,6 +36,64 @@ pub struct Faults {
     /// A quota: answer `429` (no Retry-After) to a request arriving while
     /// this many are already open.
     pub max_in_flight: Option<usize>,
+    /// Random faults on a seeded schedule.
+    pub chaos: Option<Chaos>,
+}
+
+/// Faults `rate` of the requests: whether the n-th request through the
+/// proxy is faulted, and how, depends only on `seed` and n.
+#[derive(Clone, Copy, Debug)]
+pub struct Chaos {
+    pub seed: u64,
+    pub rate: f64,
+    /// How long a stall lasts: longer than the client's timeouts.
+    pub stall: std::time::Duration,
+    /// Also flip a byte of the first blob download, whatever the schedule
+    /// (so that every run sees a corrupt blob).
+    pub flip_first_blob: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// 500 or 503, not forwarded.
+    ServerError,
+    /// 429 with `Retry-After: 1`, not forwarded.
+    TooMany,
+    /// The connection breaks: mid-upload, or mid-download.
+    Reset,
+    /// The answer stops at half its declared length.
+    Truncate,
+    /// Nothing at all for `stall`, then the request goes on.
+    StallHead,
+    /// The first bytes of the answer, then nothing for `stall`.
+    StallBody,
+    /// One byte of a downloaded body inverted.
+    Flip,
+}
+
+pub const FAULTS: [Fault; 7] = [
+    Fault::ServerError,
+    Fault::TooMany,
+    Fault::Reset,
+    Fault::Truncate,
+    Fault::StallHead,
+    Fault::StallBody,
+    Fault::Flip,
+];
+
+impl Chaos {
+    /// The fault for request number `n`, if any.
+    pub fn pick(&self, n: u64) -> Option<Fault> {
+        // SplitMix64 of (seed, n): independent, well-spread draws.
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        (unit < self.rate).then(|| FAULTS[(z % FAULTS.len() as u64) as usize])
+    }
 }
 
 /// What passed through the proxy, with times.
@@ -42,6 +105,8 @@ pub struct Traffic {
     pub answered: Vec<(std::time::Instant, Method, String, u16)>,
     /// Upload body bytes as they passed, in chunks.
     pub uploaded: Vec<(std::time::Instant, usize)>,
+    /// Every chaos fault injected, with its request.
+    pub faults: Vec<(Fault, Method, String)>,
 }
 
 impl Traffic {
@@ -53,6 +118,15 @@ impl Traffic {
             _ => 0.0,
         };
         (bytes, if secs > 0.0 { bytes as f64 / secs } else { 0.0 })
+    }
+
+    /// How many faults of each kind were injected.
+    pub fn fault_counts(&self) -> std::collections::BTreeMap<Fault, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (f, _, _) in &self.faults {
+            *out.entry(*f).or_default() += 1;
+        }
+        out
     }
 }
 
@@ -77,6 +151,14 @@ struct St {
     hits: Arc<Mutex<Vec<(Method, String)>>>,
     traffic: Arc<Mutex<Traffic>>,
     open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests so far (the chaos schedule's index).
+    seen: Arc<std::sync::atomic::AtomicU64>,
+    /// Uploads cut so far.
+    cut: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether a blob download went through yet.
+    blob_seen: Arc<std::sync::atomic::AtomicBool>,
+    /// Body faults drawn for answers without a body, for later ones.
+    pending: Arc<Mutex<Vec<(Fault, std::time::Duration)>>>,
 }
 
 impl Proxy {
@@ -87,6 +169,10 @@ impl Proxy {
         let traffic = Arc::new(Mutex::new(Traffic::default()));
         let st = St {
             open: Arc::default(),
+            seen: Arc::default(),
+            cut: Arc::default(),
+            blob_seen: Arc::default(),
+            pending: Arc::default(),
             traffic: traffic.clone(),
             upstream: upstream.trim_end_matches('/').to_owned(),
             faults,
@@ -142,6 +228,69 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         }
     }
     let _open = Open(st.open.clone());
+    let n = st.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut chaos = st
+        .faults
+        .chaos
+        .and_then(|c| c.pick(n).map(|f| (f, c.stall)));
+    if let Some(c) = st.faults.chaos
+        && c.flip_first_blob
+        && method == Method::GET
+        && req.uri().path().contains("/blobs/sha256:")
+        && !st.blob_seen.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        chaos = Some((Fault::Flip, c.stall));
+    }
+    let record = |fault: Fault, method: &Method, pq: &str| {
+        st.traffic
+            .lock()
+            .unwrap()
+            .faults
+            .push((fault, method.clone(), pq.to_owned()));
+    };
+    match chaos {
+        Some((f @ (Fault::ServerError | Fault::TooMany), _)) => {
+            record(f, &method, &pq);
+            let (status, retry) = match (f, n % 2) {
+                (Fault::TooMany, _) => (StatusCode::TOO_MANY_REQUESTS, Some("1")),
+                (_, 0) => (StatusCode::INTERNAL_SERVER_ERROR, None),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, None),
+            };
+            let mut r = Response::builder().status(status);
+            if let Some(secs) = retry {
+                r = r.header("retry-after", secs);
+            }
+            return r
+                .body(Body::from("fault injected by the test proxy"))
+                .unwrap();
+        }
+        Some((Fault::StallHead, stall)) => {
+            record(Fault::StallHead, &method, &pq);
+            tokio::time::sleep(stall).await;
+            chaos = None;
+        }
+        _ => {}
+    }
+    let sends_body = req
+        .headers()
+        .get("content-length")
+        .is_some_and(|v| v != "0")
+        || req.headers().contains_key("transfer-encoding");
+    if let Some((Fault::Reset, _)) = chaos
+        && sends_body
+    {
+        // Take some of the upload, then break the connection.
+        record(Fault::Reset, &method, &pq);
+        let mut body = req.into_body().into_data_stream();
+        if let Some(Ok(_)) = body.next().await {}
+        return Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .header("connection", "close")
+            .body(Body::from_stream(futures::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("reset by the test proxy"))
+            })))
+            .unwrap();
+    }
     let retry_after = match st.faults.busy_until {
         Some((until, secs)) if arrived < until => Some(Some(secs)),
         _ if st.faults.max_in_flight.is_some_and(|max| open >= max) => Some(None),
@@ -187,6 +336,10 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
     if let Some(d) = &st.faults.cut_upload
         && method == Method::PUT
         && pq.contains(d.hex())
+        && st
+            .faults
+            .cut_upload_times
+            .is_none_or(|times| st.cut.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times)
     {
         // Take some of the body, then fail the request mid-stream.
         let mut body = req.into_body().into_data_stream();
@@ -219,11 +372,7 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         }
     }
     let upstream = format!("{}{pq}", st.upstream);
-    let has_body = req
-        .headers()
-        .get("content-length")
-        .is_some_and(|v| v != "0")
-        || req.headers().contains_key("transfer-encoding");
+    let has_body = sends_body;
     let mut rb = st.http.request(method.clone(), &upstream).headers(headers);
     if has_body {
         if let Some(len) = req.headers().get("content-length") {
@@ -267,8 +416,12 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         let status = up.status().as_u16();
         t.requests
             .push((arrived, log_method.clone(), log_pq.clone(), status));
-        t.answered
-            .push((std::time::Instant::now(), log_method, log_pq, status));
+        t.answered.push((
+            std::time::Instant::now(),
+            log_method.clone(),
+            log_pq.clone(),
+            status,
+        ));
     }
     let mut builder = Response::builder().status(up.status());
     for (k, v) in up.headers() {
@@ -276,16 +429,108 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
             builder = builder.header(k, v);
         }
     }
+    // Faults in the answer's body need one: drawn for an answer without
+    // a body, they wait for the next answer that has one (a flip, for
+    // the next download).
+    let declared = up
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let has_answer_body = log_method != Method::HEAD && declared.is_none_or(|n| n > 0);
+    let fits = |f: Fault| has_answer_body && (f != Fault::Flip || log_method == Method::GET);
+    let body_fault = {
+        let mut pending = st.pending.lock().unwrap();
+        match chaos {
+            Some((f, stall)) if fits(f) => Some((f, stall)),
+            Some(drawn) => {
+                pending.push(drawn);
+                None
+            }
+            None => pending
+                .iter()
+                .position(|(f, _)| fits(*f))
+                .map(|i| pending.remove(i)),
+        }
+    };
+    if let Some((f, _)) = body_fault {
+        record(f, &log_method, &log_pq);
+    }
     let mut first = true;
     let stream = up.bytes_stream().map(move |chunk| {
         let chunk = chunk?;
-        if tamper && first && !chunk.is_empty() {
+        if (tamper || matches!(body_fault, Some((Fault::Flip, _)))) && first && !chunk.is_empty() {
             first = false;
             let mut v = chunk.to_vec();
-            v[0] ^= 0xff;
+            let i = v.len() / 2;
+            v[i] ^= 0xff;
             return Ok::<Bytes, reqwest::Error>(Bytes::from(v));
         }
         Ok(chunk)
     });
-    builder.body(Body::from_stream(stream)).unwrap()
+    let Some((fault, stall)) = body_fault.filter(|(f, _)| *f != Fault::Flip) else {
+        return builder.body(Body::from_stream(stream)).unwrap();
+    };
+    // Reset, Truncate, StallBody: pass half (of the declared length, or of
+    // the first chunk), then break, end, or stall.
+    let keep = declared.map(|n| n / 2);
+    let faulted = async_stream_of(stream, keep, fault, stall);
+    builder.body(Body::from_stream(faulted)).unwrap()
+}
+
+/// `stream` up to `keep` bytes (or its first half-chunk), then per `fault`:
+/// an error (the connection breaks), the end (short of the declared
+/// length), or a pause of `stall` before the rest.
+fn async_stream_of(
+    stream: impl futures::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    keep: Option<u64>,
+    fault: Fault,
+    stall: std::time::Duration,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    enum Next {
+        Pass,
+        /// Pause, then send this.
+        Stalled(Bytes),
+        Done,
+    }
+    let stream = Box::pin(stream);
+    futures::stream::unfold(
+        (stream, 0u64, Next::Pass),
+        move |(mut stream, sent, next)| async move {
+            match next {
+                Next::Done => return None,
+                Next::Stalled(rest) => {
+                    tokio::time::sleep(stall).await;
+                    return Some((Ok(rest), (stream, sent, Next::Pass)));
+                }
+                Next::Pass => {}
+            }
+            let chunk = match stream.next().await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    return Some((Err(std::io::Error::other(e)), (stream, sent, Next::Done)));
+                }
+                None => return None,
+            };
+            let limit = keep.unwrap_or(chunk.len() as u64 / 2);
+            if sent >= limit || sent + chunk.len() as u64 <= limit {
+                // Before the fault's point, or after a stall: pass it on.
+                let n = chunk.len() as u64;
+                return Some((Ok(chunk), (stream, sent + n, Next::Pass)));
+            }
+            let cut = (limit - sent) as usize;
+            let head = chunk.slice(..cut);
+            let after = match fault {
+                Fault::StallBody => Next::Stalled(chunk.slice(cut..)),
+                Fault::Truncate => Next::Done,
+                _ => {
+                    return Some((
+                        Err(std::io::Error::other("connection reset by the test proxy")),
+                        (stream, limit, Next::Done),
+                    ));
+                }
+            };
+            Some((Ok(head), (stream, limit, after)))
+        },
+    )
 }
