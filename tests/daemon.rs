@@ -9,25 +9,8 @@ use std::time::{Duration, Instant};
 use common::daemon::{DaemonProc, EVENTS, metric, push_event};
 use common::*;
 use georep::corpus::push_image;
-use georep::localreg::{LocalNotify, LocalOptions, free_port};
+use georep::localreg::free_port;
 use georep::registry::Scope;
-
-/// A cluster whose primary notifies a daemon on `port` (with `auth` as
-/// the Authorization header, if any).
-async fn notifying_cluster(regions: usize, port: u16, auth: Option<&str>) -> Cluster {
-    Cluster::start_with(
-        regions,
-        LocalOptions {
-            notify: Some(LocalNotify {
-                url: format!("http://127.0.0.1:{port}/v1/notifications"),
-                authorization: auth.map(str::to_owned),
-            }),
-            ..LocalOptions::default()
-        },
-        |_| LocalOptions::default(),
-    )
-    .await
-}
 
 fn daemon_yaml(port: u16, extra: &str) -> String {
     format!("listen: 127.0.0.1:{port}\nretry_max_secs: 2\nshutdown_grace_secs: 10\n{extra}")
@@ -65,7 +48,7 @@ async fn notification_sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_reach_every_region_through_notifications() {
     let port = free_port().unwrap();
-    let cluster = notifying_cluster(2, port, None).await;
+    let cluster = Cluster::notifying(2, port, None).await;
     let (hook, received) = notification_sink().await;
     let config = cluster.config(
         &cluster.primary.url(),
@@ -271,7 +254,7 @@ async fn an_acknowledged_event_survives_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_region_catches_up_without_delaying_the_others() {
     let port = free_port().unwrap();
-    let mut cluster = notifying_cluster(3, port, None).await;
+    let mut cluster = Cluster::notifying(3, port, None).await;
     let config = cluster.config(
         &cluster.primary.url(),
         &cluster.replica_urls(),
@@ -449,7 +432,7 @@ async fn the_webhook_refuses_bad_input_and_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
     let port = free_port().unwrap();
-    let cluster = notifying_cluster(1, port, None).await;
+    let cluster = Cluster::notifying(1, port, None).await;
     let yaml = |dry: bool| {
         daemon_yaml(
             port,
@@ -576,7 +559,7 @@ async fn bad_config_and_busy_port_fail_before_serving_and_sigterm_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_cut_short_by_shutdown_resumes_at_the_next_start() {
     let port = free_port().unwrap();
-    let cluster = notifying_cluster(2, port, None).await;
+    let cluster = Cluster::notifying(2, port, None).await;
     // No grace at all: whatever is in flight at SIGTERM is abandoned.
     let config = cluster.config(
         &cluster.primary.url(),

@@ -434,7 +434,11 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
             m.error(cause.kind);
             let mut gate = shared.gates[r].lock().unwrap_or_else(|e| e.into_inner());
             gate.failures = gate.failures.saturating_add(1);
-            let delay = retry_backoff(shared).delay(gate.failures, None);
+            // Waiting longer than the breaker's own probing interval would
+            // only delay noticing that the region is back.
+            let delay = retry_backoff(shared)
+                .delay(gate.failures, None)
+                .min(crate::registry::breaker::MAX_COOLDOWN);
             gate.until_ms = now_unix_ms() + delay.as_millis() as u64;
             if gate.failures == 1 {
                 tracing::warn!(%region, "region unreachable; its queue waits (it keeps its backlog): {cause}");

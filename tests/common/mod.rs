@@ -59,6 +59,23 @@ impl Cluster {
         }
     }
 
+    /// A cluster whose primary notifies a daemon on `port` (with `auth` as
+    /// the Authorization header, if any).
+    pub async fn notifying(regions: usize, port: u16, auth: Option<&str>) -> Cluster {
+        Self::start_with(
+            regions,
+            LocalOptions {
+                notify: Some(georep::localreg::LocalNotify {
+                    url: format!("http://127.0.0.1:{port}/v1/notifications"),
+                    authorization: auth.map(str::to_owned),
+                }),
+                ..LocalOptions::default()
+            },
+            |_| LocalOptions::default(),
+        )
+        .await
+    }
+
     /// Writes a config naming `primary_url` and the replicas (or other
     /// URLs), plus `extra` YAML, and returns its path.
     pub fn config(&self, primary_url: &str, region_urls: &[String], extra: &str) -> PathBuf {
