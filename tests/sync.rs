@@ -243,6 +243,90 @@ async fn schema1_tag_is_a_clear_error_and_the_rest_goes_on() {
     .unwrap();
 }
 
+/// A primary that lists hostile repository names and tags: each is skipped
+/// with a failure naming it, none reaches a URL (of the primary or the
+/// region), and every valid image is replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_from_the_primary_are_refused_before_any_url() {
+    let cluster = Cluster::start(1).await;
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(16)).await;
+    let repositories: Vec<String> = [
+        "../../etc",
+        "team/../../x",
+        "UPPER/case",
+        "a//b",
+        "trailing/",
+        "ns%2F..%2Fx",
+        "é/app",
+        "sp ace",
+    ]
+    .map(String::from)
+    .to_vec();
+    let tags: Vec<String> = [
+        "../x",
+        "a/b",
+        "ÀB",
+        ".hidden",
+        "-dash",
+        "x?y=1",
+        &"t".repeat(129),
+    ]
+    .map(String::from)
+    .to_vec();
+    let proxy = Proxy::start(
+        &cluster.primary.url(),
+        Faults {
+            inject_names: Some((repositories.clone(), tags.clone())),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let config = cluster.config(&proxy.url, &cluster.replica_urls(), "");
+    let (code, report) = sync_json(&config, &[]).await;
+    assert_eq!(code, 1, "{report:#}");
+    let failures = report["failures"].as_array().unwrap();
+    let repos_in_corpus: std::collections::BTreeSet<&str> =
+        corpus.tags.iter().map(|t| t.repository.as_str()).collect();
+    // One failure per hostile repository, one per hostile tag per real one.
+    assert_eq!(
+        failures.len(),
+        repositories.len() + tags.len() * repos_in_corpus.len(),
+        "{report:#}"
+    );
+    for f in failures {
+        assert!(f["cause"].as_str().unwrap().contains("skipped"), "{f:#}");
+        let named = f["tag"].as_str().or(f["repository"].as_str()).unwrap();
+        assert!(
+            repositories.iter().any(|r| r == named) || tags.iter().any(|t| t == named),
+            "{f:#}"
+        );
+    }
+    verify_region(&cluster.primary.url(), &cluster.replicas[0].url(), &corpus)
+        .await
+        .unwrap();
+    // No hostile name went into a request, on either side.
+    let mut paths: Vec<String> = proxy
+        .hits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    paths.extend(
+        cluster.replicas[0]
+            .requests()
+            .into_iter()
+            .map(|(_, p, _)| p),
+    );
+    for p in &paths {
+        let decoded = p.replace("%2F", "/").replace("%2f", "/");
+        assert!(
+            !decoded.contains("..") && !decoded.contains("UPPER") && !decoded.contains("//"),
+            "{p}"
+        );
+    }
+}
+
 /// Listings are followed across pages (`Link` headers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_catalog_and_tag_pagination() {

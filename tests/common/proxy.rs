@@ -38,6 +38,9 @@ pub struct Faults {
     pub max_in_flight: Option<usize>,
     /// Random faults on a seeded schedule.
     pub chaos: Option<Chaos>,
+    /// Names added to every catalog page and every tag list: a primary
+    /// that lists hostile names.
+    pub inject_names: Option<(Vec<String>, Vec<String>)>,
 }
 
 /// Faults `rate` of the requests: whether the n-th request through the
@@ -424,6 +427,24 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         ));
     }
     let mut builder = Response::builder().status(up.status());
+    if let Some((repositories, tags)) = &st.faults.inject_names
+        && up.status() == StatusCode::OK
+        && (log_pq.starts_with("/v2/_catalog") || log_pq.contains("/tags/list"))
+    {
+        let (key, extra) = if log_pq.starts_with("/v2/_catalog") {
+            ("repositories", repositories)
+        } else {
+            ("tags", tags)
+        };
+        let mut json: serde_json::Value = up.json().await.unwrap();
+        if let Some(list) = json[key].as_array_mut() {
+            list.extend(extra.iter().map(|n| serde_json::Value::from(n.as_str())));
+        }
+        return builder
+            .header("content-type", "application/json")
+            .body(Body::from(json.to_string()))
+            .unwrap();
+    }
     for (k, v) in up.headers() {
         if k != "transfer-encoding" && k != "connection" {
             builder = builder.header(k, v);
