@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::{Faults, Proxy};
+use common::proxy::Faults;
 use common::*;
 use georep::localreg::{LocalAuth, LocalOptions};
 use georep::registry::Scope;
@@ -78,15 +78,12 @@ async fn tampered_blob_is_refused_and_its_manifest_not_pushed() {
     let corpus = push_corpus(&cluster.primary.url(), &quick_spec(12)).await;
     let (repo, tag) = ("team/app/api", "v1");
     let bad = unique_layer(&corpus, repo, tag);
-    let proxy = Proxy::start(
-        &cluster.primary.url(),
-        Faults {
+    let (_proxy, config) = cluster
+        .config_with_faulty_primary(Faults {
             tamper_blob: Some(bad.clone()),
             ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(&proxy.url, &cluster.replica_urls(), "");
+        })
+        .await;
 
     let (code, report) = sync_json(&config, &[]).await;
     assert_eq!(code, 1, "{report:#}");
@@ -215,15 +212,12 @@ async fn region_failing_mid_stream_does_not_break_the_others() {
 async fn schema1_tag_is_a_clear_error_and_the_rest_goes_on() {
     let cluster = Cluster::start(1).await;
     let corpus = push_corpus(&cluster.primary.url(), &quick_spec(14)).await;
-    let proxy = Proxy::start(
-        &cluster.primary.url(),
-        Faults {
+    let (_proxy, config) = cluster
+        .config_with_faulty_primary(Faults {
             schema1_tag: Some(("library/base".into(), "v2".into())),
             ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(&proxy.url, &cluster.replica_urls(), "");
+        })
+        .await;
     let (code, report) = sync_json(&config, &[]).await;
     assert_eq!(code, 1, "{report:#}");
     let failures = report["failures"].as_array().unwrap();
@@ -273,15 +267,12 @@ async fn hostile_names_from_the_primary_are_refused_before_any_url() {
     ]
     .map(String::from)
     .to_vec();
-    let proxy = Proxy::start(
-        &cluster.primary.url(),
-        Faults {
+    let (proxy, config) = cluster
+        .config_with_faulty_primary(Faults {
             inject_names: Some((repositories.clone(), tags.clone())),
             ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(&proxy.url, &cluster.replica_urls(), "");
+        })
+        .await;
     let (code, report) = sync_json(&config, &[]).await;
     assert_eq!(code, 1, "{report:#}");
     let failures = report["failures"].as_array().unwrap();
@@ -332,15 +323,12 @@ async fn hostile_names_from_the_primary_are_refused_before_any_url() {
 async fn follows_catalog_and_tag_pagination() {
     let cluster = Cluster::start(1).await;
     let corpus = push_corpus(&cluster.primary.url(), &quick_spec(15)).await;
-    let proxy = Proxy::start(
-        &cluster.primary.url(),
-        Faults {
+    let (proxy, config) = cluster
+        .config_with_faulty_primary(Faults {
             page_size: Some(2),
             ..Faults::default()
-        },
-    )
-    .await;
-    let config = cluster.config(&proxy.url, &cluster.replica_urls(), "");
+        })
+        .await;
     let (code, report) = sync_json(&config, &[]).await;
     assert_eq!(code, 0, "{report:#}");
     assert!(proxy.count(&axum::http::Method::GET, "/v2/_catalog") >= 2);

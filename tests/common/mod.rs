@@ -100,6 +100,17 @@ impl Cluster {
         self.replicas.iter().map(|r| r.url()).collect()
     }
 
+    /// A config (as [`Cluster::default_config`]) whose primary is reached
+    /// through a proxy injecting `faults`; keep the proxy alive.
+    pub async fn config_with_faulty_primary(
+        &self,
+        faults: proxy::Faults,
+    ) -> (proxy::Proxy, PathBuf) {
+        let proxy = proxy::Proxy::start(&self.primary.url(), faults).await;
+        let config = self.config(&proxy.url, &self.replica_urls(), "");
+        (proxy, config)
+    }
+
     /// A config (as [`Cluster::default_config`]) whose region `i` is
     /// reached through a proxy injecting `faults`; keep the proxy alive.
     pub async fn config_with_faulty_region(
