@@ -30,7 +30,10 @@ fn seed() -> u64 {
 }
 
 fn chaos(seed: u64) -> Faults {
-    let rate = env_or("GEOREP_CHAOS_RATE", 0.1);
+    chaos_at(seed, env_or("GEOREP_CHAOS_RATE", 0.1))
+}
+
+fn chaos_at(seed: u64, rate: f64) -> Faults {
     Faults {
         chaos: Some(Chaos {
             seed,
@@ -231,4 +234,85 @@ async fn the_daemon_converges_through_ten_percent_faults_everywhere() {
     daemon.terminate(Duration::from_secs(20)).await;
     let facts = c.store_facts(&corpus).await;
     assert!(facts > 0);
+}
+
+/// The token service of a token-auth primary faults too — a third of its
+/// answers, and its tokens live 2 s so that they are fetched often: token
+/// fetches are retried like any request, and the sync converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_converges_through_a_faulty_token_service() {
+    use common::token::{self, TokenServer};
+    use georep::localreg::{LocalAuth, LocalOptions};
+    let seed = seed() + 200;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start_with(dir.path(), "georep", "Tok-pw-77", None, 2).await;
+    let base = tokens.realm.trim_end_matches("/token").to_owned();
+    let token_proxy = Proxy::start(&base, chaos_at(seed, 0.33)).await;
+    let cluster = Cluster::start_with(
+        1,
+        LocalOptions {
+            auth: Some(LocalAuth::Token {
+                realm: format!("{}/token", token_proxy.url),
+                service: token::SERVICE.into(),
+                issuer: token::ISSUER.into(),
+                root_cert_bundle: tokens.cert_path.clone(),
+            }),
+            ..LocalOptions::default()
+        },
+        |_| LocalOptions::default(),
+    )
+    .await;
+    let mut pusher_config =
+        georep::config::RegistryConfig::new("primary", &cluster.primary.url()).unwrap();
+    pusher_config.credentials = Some(georep::config::Credentials::Basic {
+        username: "georep".into(),
+        password: georep::config::Secret::new("Tok-pw-77"),
+    });
+    let timeouts = georep::config::Timeouts::default();
+    let pusher = georep::registry::Registry::new(
+        &pusher_config,
+        georep::registry::http_client(&timeouts),
+        timeouts,
+        6,
+    );
+    let corpus = georep::corpus::Corpus::generate(&quick_spec(seed)).await;
+    corpus
+        .push(&pusher)
+        .await
+        .expect("push through the faulty token service");
+    let config = cluster.config(&cluster.primary.url(), &cluster.replica_urls(), TIMEOUTS);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("  url: {}\n", cluster.primary.url()),
+        &format!(
+            "  url: {}\n  credentials:\n    username: georep\n    password_env: TOKEN_PW\n",
+            cluster.primary.url()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let (code, report) = sync_json(&config, &[("TOKEN_PW", "Tok-pw-77")]).await;
+        if code == 0 {
+            break;
+        }
+        assert!(passes < MAX_PASSES, "no convergence: {report:#}");
+    }
+    verify::region(
+        &client(&cluster.replicas[0].url()),
+        &corpus,
+        Expect::Images,
+        true,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let faults = fault_counts(&[&token_proxy]);
+    eprintln!(
+        "seed {seed}: {passes} passes; {} token requests, faults {faults:?}",
+        requests(&[&token_proxy])
+    );
+    assert!(
+        faults.values().sum::<usize>() > 0,
+        "no token request was faulted"
+    );
 }

@@ -36,6 +36,9 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 /// Token service answers larger than this are refused.
 const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
+/// Tries of a token fetch that fails for a transient reason (connection,
+/// 5xx, 429, a broken answer), with a doubling pause from 250 ms.
+const TOKEN_ATTEMPTS: u32 = 4;
 /// A credential helper is asked again at most this often.
 pub const HELPER_RETRY: Duration = Duration::from_secs(30);
 
@@ -206,10 +209,12 @@ pub struct Auth {
     tokens: Mutex<HashMap<String, TokenSlot>>,
 }
 
-/// A token fetch that failed, and whether the credentials were refused.
+/// A token fetch that failed: whether the credentials were refused, or
+/// asking again may help.
 struct TokenFailure {
     error: RegistryError,
     refused: bool,
+    transient: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -296,13 +301,27 @@ impl Auth {
                 {
                     return Ok(Some(bearer(&t.value)));
                 }
-                let fetch = || self.fetch_token(http, &realm, service.as_deref(), scope, timeout);
-                let fresh = match fetch().await {
-                    Ok(t) => t,
-                    Err(f) if f.refused && self.ask_helper_again().await => {
-                        fetch().await.map_err(|f| f.error)?
+                let (mut attempt, mut asked_helper) = (1, false);
+                let fresh = loop {
+                    match self
+                        .fetch_token(http, &realm, service.as_deref(), scope, timeout)
+                        .await
+                    {
+                        Ok(t) => break t,
+                        Err(f) if f.transient && attempt < TOKEN_ATTEMPTS => {
+                            tracing::debug!(
+                                attempt,
+                                "token fetch failed, trying again: {}",
+                                f.error
+                            );
+                            tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+                            attempt += 1;
+                        }
+                        Err(f) if f.refused && !asked_helper && self.ask_helper_again().await => {
+                            asked_helper = true;
+                        }
+                        Err(f) => return Err(f.error),
                     }
-                    Err(f) => return Err(f.error),
                 };
                 let header = bearer(&fresh.value);
                 *token = Some(fresh);
@@ -416,6 +435,7 @@ impl Auth {
                 reason,
             },
             refused: false,
+            transient: true,
         };
         let mut url = realm.clone();
         {
@@ -476,6 +496,7 @@ impl Auth {
             };
             let mut f = fail(format!("token service answered HTTP {status}{hint}"));
             f.refused = refused && credentials.is_some();
+            f.transient = super::error::is_transient_status(status);
             return Err(f);
         }
         let body = super::read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
@@ -488,7 +509,10 @@ impl Auth {
             .filter(|t| !t.is_empty())
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| fail("answer holds no token".to_owned()))?;
+            .ok_or_else(|| TokenFailure {
+                transient: false,
+                ..fail("answer holds no token".to_owned())
+            })?;
         let lifetime = parsed
             .expires_in
             .map(Duration::from_secs)

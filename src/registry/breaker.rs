@@ -100,9 +100,10 @@ impl Breaker {
         }
     }
 
-    /// Whether the breaker is open now.
-    pub fn is_open(&self) -> bool {
-        self.check().is_err()
+    /// Whether the registry is down: the breaker opened and nothing has
+    /// succeeded since (even while a probe is let through).
+    pub fn is_down(&self) -> bool {
+        self.state().opened > 0
     }
 }
 
@@ -128,8 +129,9 @@ mod tests {
         b.record_failure(&refused());
         let err = b.check().unwrap_err().to_string();
         assert!(err.contains("eastus") && err.contains("http://h"), "{err}");
+        assert!(b.is_down());
         b.record_success();
-        assert!(b.check().is_ok());
+        assert!(b.check().is_ok() && !b.is_down());
     }
 
     #[test]

@@ -281,7 +281,7 @@ impl Registry {
     }
 
     pub fn is_unreachable(&self) -> bool {
-        self.breaker.is_open()
+        self.breaker.is_down()
     }
 
     fn endpoint(&self, path: &str) -> url::Url {
