@@ -126,9 +126,7 @@ impl Chaotic {
     /// Each region, read back blob by blob, equals the corpus.
     async fn assert_identical(&self, corpus: &georep::corpus::Corpus) {
         for r in &self.cluster.replicas {
-            verify::region(&client(&r.url()), corpus, Expect::Images, true)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            assert_identical(&r.url(), corpus).await;
         }
     }
 }
@@ -262,19 +260,7 @@ async fn sync_converges_through_a_faulty_token_service() {
         |_| LocalOptions::default(),
     )
     .await;
-    let mut pusher_config =
-        georep::config::RegistryConfig::new("primary", &cluster.primary.url()).unwrap();
-    pusher_config.credentials = Some(georep::config::Credentials::Basic {
-        username: "georep".into(),
-        password: georep::config::Secret::new("Tok-pw-77"),
-    });
-    let timeouts = georep::config::Timeouts::default();
-    let pusher = georep::registry::Registry::new(
-        &pusher_config,
-        georep::registry::http_client(&timeouts),
-        timeouts,
-        6,
-    );
+    let pusher = client_as(&cluster.primary.url(), "Tok-pw-77");
     let corpus = georep::corpus::Corpus::generate(&quick_spec(seed)).await;
     corpus
         .push(&pusher)
@@ -298,14 +284,7 @@ async fn sync_converges_through_a_faulty_token_service() {
         }
         assert!(passes < MAX_PASSES, "no convergence: {report:#}");
     }
-    verify::region(
-        &client(&cluster.replicas[0].url()),
-        &corpus,
-        Expect::Images,
-        true,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    assert_identical(&cluster.replicas[0].url(), &corpus).await;
     let faults = fault_counts(&[&token_proxy]);
     eprintln!(
         "seed {seed}: {passes} passes; {} token requests, faults {faults:?}",

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Faults, Proxy};
 use common::*;
-use georep::bench::verify::{self, Expect};
 use georep::corpus::{Corpus, CorpusSpec, Preset};
 use reqwest::Method;
 
@@ -130,12 +129,5 @@ async fn a_large_blob_through_a_slow_link_completes_with_flat_memory() {
         rss < MAX_RSS,
         "peak RSS {rss} for a {size}-byte blob: not flat"
     );
-    verify::region(
-        &client(&cluster.replicas[0].url()),
-        &corpus,
-        Expect::Images,
-        true,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    assert_identical(&cluster.replicas[0].url(), &corpus).await;
 }

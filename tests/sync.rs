@@ -374,19 +374,10 @@ async fn token_auth_primary_and_basic_auth_region() {
 
     // Push through an authenticated client.
     let corpus = georep::corpus::Corpus::generate(&quick_spec(16)).await;
-    let mut cfg = georep::config::RegistryConfig::new("p", &cluster.primary.url()).unwrap();
-    cfg.credentials = Some(georep::config::Credentials::Basic {
-        username: "georep".into(),
-        password: georep::config::Secret::new("tokenpass"),
-    });
-    let timeouts = georep::config::Timeouts::default();
-    let pusher = georep::registry::Registry::new(
-        &cfg,
-        georep::registry::http_client(&timeouts),
-        timeouts,
-        3,
-    );
-    corpus.push(&pusher).await.unwrap();
+    corpus
+        .push(&client_as(&cluster.primary.url(), "tokenpass"))
+        .await
+        .unwrap();
 
     let pw_file = dir.path().join("region-password");
     std::fs::write(&pw_file, "basicpass\n").unwrap();
@@ -430,17 +421,7 @@ async fn token_auth_primary_and_basic_auth_region() {
     );
 
     // Check the region through an authenticated client.
-    let mut rcfg = georep::config::RegistryConfig::new("r", &cluster.replicas[0].url()).unwrap();
-    rcfg.credentials = Some(georep::config::Credentials::Basic {
-        username: "georep".into(),
-        password: georep::config::Secret::new("basicpass"),
-    });
-    let region = georep::registry::Registry::new(
-        &rcfg,
-        georep::registry::http_client(&timeouts),
-        timeouts,
-        3,
-    );
+    let region = client_as(&cluster.replicas[0].url(), "basicpass");
     for t in &corpus.tags {
         let h = region
             .head_manifest(&t.repository, &t.tag, &Scope::pull(&t.repository))

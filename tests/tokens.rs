@@ -11,27 +11,15 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::daemon::DaemonProc;
 use common::token::{self, TokenServer};
-use common::{Cluster, wait_for};
-use georep::config::{Credentials, RegistryConfig, Secret, Timeouts};
+use common::{Cluster, client_as, wait_for};
 use georep::corpus::push_image;
 use georep::localreg::{LocalAuth, LocalNotify, LocalOptions, free_port};
-use georep::registry::Registry;
 
 const OLD_PASSWORD: &str = "Old-pw-4c1e77";
 const NEW_PASSWORD: &str = "New-pw-90ab2f";
 const REFRESH: &str = "Refresh-tok-e3d5a1";
 /// Issued tokens live this long, so the daemon renews them during the test.
 const TOKEN_SECS: u64 = 3;
-
-fn pusher(url: &str, password: &str) -> Registry {
-    let mut cfg = RegistryConfig::new("primary", url).unwrap();
-    cfg.credentials = Some(Credentials::Basic {
-        username: "georep".into(),
-        password: Secret::new(password),
-    });
-    let timeouts = Timeouts::default();
-    Registry::new(&cfg, georep::registry::http_client(&timeouts), timeouts, 3)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_helper_and_static_tokens_work_and_never_show() {
@@ -68,9 +56,15 @@ async fn identity_helper_and_static_tokens_work_and_never_show() {
     )
     .await;
     let primary = cluster.primary.url();
-    let first = push_image(&pusher(&primary, OLD_PASSWORD), "team/app", "1", 50_000, 2)
-        .await
-        .unwrap();
+    let first = push_image(
+        &client_as(&primary, OLD_PASSWORD),
+        "team/app",
+        "1",
+        50_000,
+        2,
+    )
+    .await
+    .unwrap();
 
     // Region eastus: a credential helper reading the current password.
     let password_file = dir.path().join("helper-password");
@@ -152,9 +146,15 @@ async fn identity_helper_and_static_tokens_work_and_never_show() {
     tokens.set_password(NEW_PASSWORD);
     std::fs::write(&password_file, NEW_PASSWORD).unwrap();
     tokio::time::sleep(Duration::from_secs(TOKEN_SECS + 1)).await;
-    let second = push_image(&pusher(&primary, NEW_PASSWORD), "team/app", "2", 50_000, 2)
-        .await
-        .unwrap();
+    let second = push_image(
+        &client_as(&primary, NEW_PASSWORD),
+        "team/app",
+        "2",
+        50_000,
+        2,
+    )
+    .await
+    .unwrap();
     let out = wait("2").await;
     printed.push_str(&String::from_utf8_lossy(&out.stdout));
     printed.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -176,7 +176,7 @@ async fn identity_helper_and_static_tokens_work_and_never_show() {
     .await;
     for r in &cluster.replicas {
         for (tag, digest) in [("1", &first.digest), ("2", &second.digest)] {
-            let got = pusher(&r.url(), NEW_PASSWORD)
+            let got = client_as(&r.url(), NEW_PASSWORD)
                 .head_manifest("team/app", tag, &georep::registry::Scope::pull("team/app"))
                 .await
                 .unwrap()

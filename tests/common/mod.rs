@@ -137,6 +137,31 @@ pub fn client(url: &str) -> Registry {
     )
 }
 
+/// A client sending HTTP basic credentials `georep`:`password` (to the
+/// registry or its token service).
+pub fn client_as(url: &str, password: &str) -> Registry {
+    let mut cfg = RegistryConfig::new("test", url).expect("registry URL");
+    cfg.credentials = Some(georep::config::Credentials::Basic {
+        username: "georep".into(),
+        password: georep::config::Secret::new(password),
+    });
+    let timeouts = Timeouts::default();
+    Registry::new(&cfg, http_client(&timeouts), timeouts, 6)
+}
+
+/// Panics unless the region at `url` holds the whole corpus, every blob
+/// read back and hashed.
+pub async fn assert_identical(url: &str, corpus: &Corpus) {
+    georep::bench::verify::region(
+        &client(url),
+        corpus,
+        georep::bench::verify::Expect::Images,
+        true,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Generates and pushes a corpus to the registry at `url`.
 pub async fn push_corpus(url: &str, spec: &CorpusSpec) -> Corpus {
     let corpus = Corpus::generate(spec).await;
