@@ -387,7 +387,10 @@ impl Auth {
             return false;
         }
         *asked = Some(Instant::now());
-        let name = format!("docker-credential-{}", helper.helper);
+        let name = format!(
+            "docker-credential-{} (for {})",
+            helper.helper, helper.server
+        );
         let answer =
             tokio::task::spawn_blocking(move || crate::config::docker::ask_helper(&helper)).await;
         let fresh = match answer {
