@@ -502,9 +502,15 @@ impl Auth {
             f.transient = super::error::is_transient_status(status);
             return Err(f);
         }
-        let body = super::read_limited(resp, MAX_TOKEN_RESPONSE_BYTES)
+        let body = super::read_capped(resp, MAX_TOKEN_RESPONSE_BYTES)
             .await
-            .map_err(|e| fail(format!("reading the answer: {e:#}")))?;
+            .map_err(|e| match e {
+                super::ReadError::Transport(e) => fail(format!("reading the answer: {e:#}")),
+                super::ReadError::TooLarge { max } => TokenFailure {
+                    transient: false,
+                    ..fail(format!("the answer is larger than {max} bytes"))
+                },
+            })?;
         let parsed: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("answer is not a token response: {e}")))?;
         let value = parsed

@@ -503,10 +503,11 @@ impl Registry {
                         .and_then(|v| v.to_str().ok())
                         .and_then(next_link)
                         .and_then(|l| url.join(&l).ok());
-                    let body = read_limited(a.resp, MAX_LIST_BODY_BYTES)
+                    let body = read_capped(a.resp, MAX_LIST_BODY_BYTES)
                         .await
-                        .map_err(|e| RegistryError::transport(Method::GET, &url, e))
-                        .map_err(BodyError::Body)?;
+                        .map_err(|e| {
+                            BodyError::Body(e.into_registry(Method::GET, &url, "the listing page"))
+                        })?;
                     Ok((link, body))
                 })
                 .await?;
@@ -669,9 +670,9 @@ impl Registry {
             _ => return Err(BodyError::Answer(a.into_error(Method::GET).await)),
         }
         let headers = a.resp.headers().clone();
-        let bytes = read_limited(a.resp, manifest::MAX_MANIFEST_BYTES)
+        let bytes = read_capped(a.resp, manifest::MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| BodyError::Body(RegistryError::transport(Method::GET, url, e)))?;
+            .map_err(|e| BodyError::Body(e.into_registry(Method::GET, url, "the manifest")))?;
         self.stats.read(bytes.len() as u64);
         let claimed = reference.parse::<Digest>().ok().or_else(|| {
             headers
@@ -1098,7 +1099,51 @@ async fn status_error(method: Method, url: &url::Url, resp: reqwest::Response) -
     }
 }
 
-/// Reads a whole (small) body, refusing more than `max` bytes.
+/// Why a body that must be whole was not read.
+pub(crate) enum ReadError {
+    Transport(reqwest::Error),
+    /// More than the reader takes: refused, not truncated.
+    TooLarge {
+        max: usize,
+    },
+}
+
+/// Reads a whole body that must be complete (a manifest, a listing page, a
+/// token answer): more than `max` bytes is an error, never a truncation.
+pub(crate) async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Bytes, ReadError> {
+    if resp.content_length().is_some_and(|len| len > max as u64) {
+        // Read nothing: dropping the answer closes it.
+        return Err(ReadError::TooLarge { max });
+    }
+    let mut out = bytes::BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(ReadError::Transport)?;
+        if out.len() + chunk.len() > max {
+            return Err(ReadError::TooLarge { max });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+impl ReadError {
+    /// As a registry error for `method url`: a transport failure (worth
+    /// retrying), or a protocol error naming the limit.
+    fn into_registry(self, method: Method, url: &url::Url, what: &str) -> RegistryError {
+        match self {
+            ReadError::Transport(e) => RegistryError::transport(method, url, e),
+            ReadError::TooLarge { max } => RegistryError::Protocol {
+                method,
+                url: display_url(url),
+                reason: format!("{what} is larger than {max} bytes; refused"),
+            },
+        }
+    }
+}
+
+/// Reads at most `max` bytes of a body whose end does not matter (an
+/// error message): the rest is dropped.
 pub(crate) async fn read_limited(
     resp: reqwest::Response,
     max: usize,
@@ -1159,6 +1204,45 @@ fn next_link(header: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn whole_bodies_over_their_limit_are_refused_not_cut() {
+        let answer = |body: &'static str, declared: bool| {
+            let mut r = axum::http::Response::new(body);
+            if declared {
+                r.headers_mut()
+                    .insert(reqwest::header::CONTENT_LENGTH, body.len().into());
+            }
+            reqwest::Response::from(r)
+        };
+        for declared in [true, false] {
+            assert!(matches!(
+                read_capped(answer("0123456789", declared), 5).await,
+                Err(ReadError::TooLarge { max: 5 })
+            ));
+            assert_eq!(
+                read_capped(answer("01234", declared), 5)
+                    .await
+                    .ok()
+                    .unwrap(),
+                "01234"
+            );
+        }
+        assert_eq!(
+            read_limited(answer("0123456789", false), 5).await.unwrap(),
+            ""
+        );
+        let e = ReadError::TooLarge { max: 5 }.into_registry(
+            Method::GET,
+            &url::Url::parse("http://h/v2/a/manifests/b").unwrap(),
+            "the manifest",
+        );
+        assert!(!e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "GET http://h/v2/a/manifests/b: the manifest is larger than 5 bytes; refused"
+        );
+    }
 
     #[test]
     fn parses_link_headers() {
