@@ -39,8 +39,9 @@ fn chaos_at(seed: u64, rate: f64) -> Faults {
             seed,
             rate,
             stall: Duration::from_secs(3),
-            flip_first_blob: true,
         }),
+        // Every run sees a corrupt blob, whatever the schedule.
+        first: Some(("/blobs/sha256:".to_owned(), Fault::Flip)),
         ..Faults::default()
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::Faults;
+use common::proxy::{Fault, Faults, Proxy};
 use common::*;
 use georep::localreg::{LocalAuth, LocalOptions};
 use georep::registry::Scope;
@@ -315,6 +315,44 @@ async fn hostile_names_from_the_primary_are_refused_before_any_url() {
             !decoded.contains("..") && !decoded.contains("UPPER") && !decoded.contains("//"),
             "{p}"
         );
+    }
+}
+
+/// A manifest or listing body damaged once (flipped, cut short, stalled)
+/// is read again within the pass: one pass completes the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_damaged_once_is_read_again_in_the_same_pass() {
+    let mut cluster = Cluster::start(1).await;
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(17)).await;
+    for (fragment, fault) in [
+        ("/manifests/sha256:", Fault::Flip),
+        ("/manifests/", Fault::Truncate),
+        ("/manifests/", Fault::StallBody),
+        ("/tags/list", Fault::Flip),
+        ("/_catalog", Fault::Reset),
+    ] {
+        cluster.replicas[0].wipe().await.unwrap();
+        let _ = std::fs::remove_dir_all(cluster.dir.path().join("state"));
+        let proxy = Proxy::start(
+            &cluster.primary.url(),
+            Faults {
+                first: Some((fragment.to_owned(), fault)),
+                ..Faults::default()
+            },
+        )
+        .await;
+        let config = cluster.config(
+            &proxy.url,
+            &cluster.replica_urls(),
+            "timeouts:\n  request_secs: 2\n  stall_secs: 1\n",
+        );
+        let (code, report) = sync_json(&config, &[]).await;
+        assert_eq!(code, 0, "{fragment} {fault:?}: {report:#}");
+        let injected = proxy.traffic.lock().unwrap().fault_counts();
+        assert_eq!(injected.get(&fault), Some(&1), "{fragment} {fault:?}");
+        verify_region(&cluster.primary.url(), &cluster.replicas[0].url(), &corpus)
+            .await
+            .unwrap();
     }
 }
 

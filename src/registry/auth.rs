@@ -545,6 +545,48 @@ fn bearer(token: &Secret) -> HeaderValue {
 mod tests {
     use super::*;
 
+    /// A token service that answers 503 to its first request: the fetch
+    /// is tried again and the header carries the token.
+    #[tokio::test]
+    async fn a_token_fetch_that_fails_transiently_is_tried_again() {
+        use std::sync::atomic::AtomicUsize;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::get({
+                let calls = calls.clone();
+                move || async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        (reqwest::StatusCode::SERVICE_UNAVAILABLE, "busy".to_owned())
+                    } else {
+                        (reqwest::StatusCode::OK, r#"{"token":"t0k"}"#.to_owned())
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let auth = Auth::new(
+            Some(Credentials::Basic {
+                username: "u".into(),
+                password: Secret::new("p"),
+            }),
+            None,
+            Arc::new(Stats::default()),
+        );
+        let scope = Scope::pull("team/app");
+        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="s""#);
+        assert!(auth.on_unauthorized(Some(&challenge), &scope));
+        let header = auth
+            .header(&reqwest::Client::new(), &scope, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(header, "Bearer t0k");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn parses_bearer_with_commas_in_scope() {
         let c = parse_challenge(

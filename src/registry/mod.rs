@@ -488,7 +488,7 @@ impl Registry {
                     reason: format!("listing did not end after {MAX_LIST_PAGES} pages"),
                 });
             }
-            let (link, body) = self
+            let (link, items) = self
                 .with_body_retries(&url, || async {
                     let a = self
                         .send(op, Method::GET, url.clone(), scope, HeaderMap::new(), None)
@@ -508,14 +508,16 @@ impl Registry {
                         .map_err(|e| {
                             BodyError::Body(e.into_registry(Method::GET, &url, "the listing page"))
                         })?;
-                    Ok((link, body))
+                    let items = parse(&body).map_err(|e| {
+                        BodyError::Garbled(RegistryError::Protocol {
+                            method: Method::GET,
+                            url: display_url(&url),
+                            reason: format!("listing is not valid JSON: {e}"),
+                        })
+                    })?;
+                    Ok((link, items))
                 })
                 .await?;
-            let items = parse(&body).map_err(|e| RegistryError::Protocol {
-                method: Method::GET,
-                url: display_url(&url),
-                reason: format!("listing is not valid JSON: {e}"),
-            })?;
             let empty = items.is_empty();
             out.extend(items);
             // A registry that sends a `next` link with an empty page would
@@ -529,8 +531,9 @@ impl Registry {
 
     /// Runs `once` (a request whose body is read after `send` answered)
     /// until it succeeds, fails for a reason other than its body, or has
-    /// had `max_attempts`: a body that breaks, stalls or arrives corrupt
-    /// is asked for again, as `send` does for failures before the answer.
+    /// had `max_attempts`: a body that breaks, stalls, arrives corrupt or
+    /// makes no sense is asked for again, as `send` does for failures
+    /// before the answer.
     async fn with_body_retries<T, F, Fut>(
         &self,
         url: &url::Url,
@@ -543,24 +546,27 @@ impl Registry {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match once().await {
+            let (e, worth_retrying) = match once().await {
                 Ok(v) => return Ok(v),
                 Err(BodyError::Answer(e)) => return Err(e),
-                Err(BodyError::Body(e))
-                    if e.is_transient() && attempt < self.backoff.max_attempts =>
-                {
-                    let delay = self.backoff.delay(attempt, None);
-                    tracing::debug!(
-                        registry = %self.name,
-                        url = %display_url(url),
-                        attempt,
-                        delay_ms = delay.as_millis() as u64,
-                        "reading the body failed, asking again: {e}"
-                    );
-                    tokio::time::sleep(delay).await;
+                Err(BodyError::Body(e)) => {
+                    let transient = e.is_transient();
+                    (e, transient)
                 }
-                Err(BodyError::Body(e)) => return Err(e),
+                Err(BodyError::Garbled(e)) => (e, true),
+            };
+            if !worth_retrying || attempt >= self.backoff.max_attempts {
+                return Err(e);
             }
+            let delay = self.backoff.delay(attempt, None);
+            tracing::debug!(
+                registry = %self.name,
+                url = %display_url(url),
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                "reading the body failed, asking again: {e}"
+            );
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -1170,8 +1176,11 @@ pub(crate) async fn read_limited(
 enum BodyError {
     /// Before or with the answer's head (`send` retried what it could).
     Answer(RegistryError),
-    /// Reading or checking the body.
+    /// Reading or checking the body (retried when transient).
     Body(RegistryError),
+    /// A body that arrived whole but makes no sense, as bytes damaged in
+    /// transit would (retried; the last one's error is reported).
+    Garbled(RegistryError),
 }
 
 impl From<RegistryError> for BodyError {

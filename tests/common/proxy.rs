@@ -38,6 +38,9 @@ pub struct Faults {
     pub max_in_flight: Option<usize>,
     /// Random faults on a seeded schedule.
     pub chaos: Option<Chaos>,
+    /// This fault on the first GET whose path contains the string, and on
+    /// no other (with or without `chaos`).
+    pub first: Option<(String, Fault)>,
     /// Names added to every catalog page and every tag list: a primary
     /// that lists hostile names.
     pub inject_names: Option<(Vec<String>, Vec<String>)>,
@@ -51,9 +54,6 @@ pub struct Chaos {
     pub rate: f64,
     /// How long a stall lasts: longer than the client's timeouts.
     pub stall: std::time::Duration,
-    /// Also flip a byte of the first blob download, whatever the schedule
-    /// (so that every run sees a corrupt blob).
-    pub flip_first_blob: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,6 +73,9 @@ pub enum Fault {
     /// One byte of a downloaded body inverted.
     Flip,
 }
+
+/// A stall of `Faults::first` without `chaos`.
+const FIRST_STALL: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub const FAULTS: [Fault; 7] = [
     Fault::ServerError,
@@ -158,8 +161,8 @@ struct St {
     seen: Arc<std::sync::atomic::AtomicU64>,
     /// Uploads cut so far.
     cut: Arc<std::sync::atomic::AtomicUsize>,
-    /// Whether a blob download went through yet.
-    blob_seen: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether `first` has been applied.
+    first_done: Arc<std::sync::atomic::AtomicBool>,
     /// Body faults drawn for answers without a body, for later ones.
     pending: Arc<Mutex<Vec<(Fault, std::time::Duration)>>>,
 }
@@ -174,7 +177,7 @@ impl Proxy {
             open: Arc::default(),
             seen: Arc::default(),
             cut: Arc::default(),
-            blob_seen: Arc::default(),
+            first_done: Arc::default(),
             pending: Arc::default(),
             traffic: traffic.clone(),
             upstream: upstream.trim_end_matches('/').to_owned(),
@@ -236,13 +239,15 @@ async fn handle(State(st): State<St>, req: Request) -> Response {
         .faults
         .chaos
         .and_then(|c| c.pick(n).map(|f| (f, c.stall)));
-    if let Some(c) = st.faults.chaos
-        && c.flip_first_blob
+    if let Some((fragment, fault)) = &st.faults.first
         && method == Method::GET
-        && req.uri().path().contains("/blobs/sha256:")
-        && !st.blob_seen.swap(true, std::sync::atomic::Ordering::SeqCst)
+        && req.uri().path().contains(fragment.as_str())
+        && !st
+            .first_done
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
     {
-        chaos = Some((Fault::Flip, c.stall));
+        let stall = st.faults.chaos.map_or(FIRST_STALL, |c| c.stall);
+        chaos = Some((*fault, stall));
     }
     let record = |fault: Fault, method: &Method, pq: &str| {
         st.traffic
