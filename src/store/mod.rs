@@ -29,6 +29,7 @@ mod time;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,44 @@ const FLUSH_EVERY_MS: u64 = 500;
 
 /// Region index, in config order.
 pub type RegionId = usize;
+
+/// How long [`Store::open`] waits for a lock that is being let go.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Opens sled at `path`. A store closed a moment ago in this process may
+/// still be locked: sled 0.34 releases its file lock from a background
+/// thread after the `Db` is dropped (spacejam/sled#1289), so a lock refused
+/// is asked again for up to [`LOCK_WAIT`] before the store is called busy.
+/// Blocking, like sled's own open; it only waits when the lock is taken.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(ref io)) if io.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Busy {
+                        path: path.to_owned(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(other) => {
+                return Err(StoreError::Unreadable {
+                    path: path.to_owned(),
+                    detail: other.to_string(),
+                });
+            }
+        }
+    }
+}
 
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -166,22 +205,7 @@ impl Store {
             path: path.to_owned(),
             detail: format!("cannot create the directory: {e}"),
         })?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(FLUSH_EVERY_MS))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Busy {
-                        path: path.to_owned(),
-                    }
-                }
-                other => StoreError::Unreadable {
-                    path: path.to_owned(),
-                    detail: other.to_string(),
-                },
-            })?;
+        let db = open_sled(path)?;
         let io = |error| StoreError::Io {
             path: path.to_owned(),
             error,
@@ -660,6 +684,19 @@ mod tests {
         assert_eq!(s.primary_tags("r").keys().collect::<Vec<_>>(), vec!["b"]);
         assert!(s.primary_tag("r", "a").unwrap().deleted_at.is_some());
         assert_eq!(s.primary_repositories(), vec!["r".to_owned()]);
+    }
+
+    /// sled lets go of its lock after the store is dropped, from another
+    /// thread: an open right after a close waits for it instead of failing.
+    #[tokio::test]
+    async fn reopening_at_once_waits_for_the_lock_to_be_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            let s =
+                Store::open(dir.path(), &regions()).unwrap_or_else(|e| panic!("open #{i}: {e}"));
+            s.record_pass(0, None).unwrap();
+            s.flush().await.unwrap();
+        }
     }
 
     #[test]
