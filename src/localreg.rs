@@ -18,6 +18,15 @@ use anyhow::{Context, bail};
 pub const DEFAULT_REGISTRY_BIN: &str = "docker-registry";
 /// How long a registry may take to answer after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The query parameter of [`LocalRegistry::settled_requests`]'s fence.
+const FENCE_PARAM: &str = "georep-fence=";
+
+fn count(requests: &[(String, String, u16)], method: &str, path_part: &str) -> usize {
+    requests
+        .iter()
+        .filter(|(m, uri, _)| m == method && uri.contains(path_part))
+        .count()
+}
 
 /// How the registry authenticates clients.
 #[derive(Clone, Debug)]
@@ -134,7 +143,10 @@ impl LocalRegistry {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Every request the registry logged: (method, URI, status).
+    /// Every request the registry logged so far: (method, URI, status).
+    /// A request's line is written after its answer went out, so a client
+    /// that has just read an answer may not find it yet: counts compared
+    /// across a client's requests want [`LocalRegistry::settled_requests`].
     pub fn requests(&self) -> Vec<(String, String, u16)> {
         self.log()
             .lines()
@@ -145,15 +157,49 @@ impl LocalRegistry {
                 let status = logfmt_value(l, "http.response.status")?.parse().ok()?;
                 Some((method, uri, status))
             })
+            .filter(|(_, uri, _)| !uri.contains(FENCE_PARAM))
             .collect()
     }
 
-    /// Requests logged with this method whose URI contains `path_part`.
-    pub fn count_requests(&self, method: &str, path_part: &str) -> usize {
+    /// Every request answered before this call, logged: sends a fence
+    /// request of its own (left out of every listing) and waits until the
+    /// registry has logged it, by which time the lines of requests answered
+    /// before it are written too. A registry that cannot be asked (TLS,
+    /// stopped) gets a short pause instead.
+    pub async fn settled_requests(&self) -> Vec<(String, String, u16)> {
+        static FENCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = FENCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("{FENCE_PARAM}{}-{n}", std::process::id());
+        let mut answered = false;
+        if self.options.tls.is_none()
+            && self.child.is_some()
+            && let Ok(client) = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+        {
+            let url = format!("{}/v2/?{marker}", self.url());
+            answered = client.get(url).send().await.is_ok();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while answered && !self.log().contains(&marker) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !answered {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         self.requests()
-            .iter()
-            .filter(|(m, uri, _)| m == method && uri.contains(path_part))
-            .count()
+    }
+
+    /// Requests logged so far with this method whose URI contains
+    /// `path_part`.
+    pub fn count_requests(&self, method: &str, path_part: &str) -> usize {
+        count(&self.requests(), method, path_part)
+    }
+
+    /// Requests answered so far with this method whose URI contains
+    /// `path_part` (see [`LocalRegistry::settled_requests`]).
+    pub async fn count_settled(&self, method: &str, path_part: &str) -> usize {
+        count(&self.settled_requests().await, method, path_part)
     }
 
     fn config_yaml(&self) -> String {

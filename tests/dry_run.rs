@@ -36,7 +36,7 @@ async fn dry_run_writes_nothing_and_predicts_the_sync() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["dry_run"], true);
     for r in &cluster.replicas {
-        assert_eq!(writes(r), 0, "a dry run wrote to {}", r.url());
+        assert_eq!(writes(r).await, 0, "a dry run wrote to {}", r.url());
     }
     let tags = corpus.tags.len() as u64;
     for region in plan["regions"].as_array().unwrap() {
@@ -81,7 +81,7 @@ async fn dry_run_writes_nothing_and_predicts_the_sync() {
     }
 
     // In sync: the plan is empty, and still nothing is written.
-    let before: Vec<usize> = cluster.replicas.iter().map(writes).collect();
+    let before = futures::future::join_all(cluster.replicas.iter().map(writes)).await;
     let out = georep(&["sync", "--config", path, "--dry-run", "--json"], &[]).await;
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for region in plan["regions"].as_array().unwrap() {
@@ -90,6 +90,6 @@ async fn dry_run_writes_nothing_and_predicts_the_sync() {
         }
         assert_eq!(region["tags_in_sync"], tags);
     }
-    let after: Vec<usize> = cluster.replicas.iter().map(writes).collect();
+    let after = futures::future::join_all(cluster.replicas.iter().map(writes)).await;
     assert_eq!(before, after);
 }

@@ -41,7 +41,8 @@ async fn mount_answers_created_or_opens_a_session_to_use_or_cancel() {
             assert!(
                 cluster
                     .primary
-                    .count_requests("DELETE", "/v2/elsewhere/b/blobs/uploads/")
+                    .count_settled("DELETE", "/v2/elsewhere/b/blobs/uploads/")
+                    .await
                     == 1
             );
         }

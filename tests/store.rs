@@ -33,17 +33,16 @@ async fn no_op_pass_asks_replicas_nothing_and_changes_are_followed() {
     let (code, _) = sync_json(&config, &[]).await;
     assert_eq!(code, 0);
 
-    let before: Vec<usize> = cluster
-        .replicas
-        .iter()
-        .map(|r| r.requests().len())
-        .collect();
+    let mut before = Vec::new();
+    for r in &cluster.replicas {
+        before.push(r.settled_requests().await.len());
+    }
     let (code, report) = sync_json(&config, &[]).await;
     assert_eq!(code, 0, "{report:#}");
     for (i, r) in cluster.replicas.iter().enumerate() {
         assert_eq!(requests_total(&report, i), 0, "{:#}", report["regions"][i]);
         assert_eq!(
-            r.requests().len(),
+            r.settled_requests().await.len(),
             before[i],
             "{} was asked something",
             r.url()

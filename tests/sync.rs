@@ -52,7 +52,7 @@ async fn replicates_every_shape_verbatim_then_second_pass_writes_nothing() {
         }
     }
 
-    let writes_before: Vec<usize> = cluster.replicas.iter().map(writes).collect();
+    let writes_before = futures::future::join_all(cluster.replicas.iter().map(writes)).await;
     let (code, report) = sync_json(&config, &[]).await;
     assert_eq!(code, 0, "second sync failed: {report:#}");
     for (i, r) in cluster.replicas.iter().enumerate() {
@@ -62,7 +62,7 @@ async fn replicates_every_shape_verbatim_then_second_pass_writes_nothing() {
         assert_eq!(region["tags_copied"], 0, "{region:#}");
         assert_eq!(region["tags_in_sync"], corpus.tags.len(), "{region:#}");
         assert_eq!(
-            writes(r),
+            writes(r).await,
             writes_before[i],
             "the second pass changed {}",
             r.url()
@@ -202,7 +202,8 @@ async fn region_failing_mid_stream_does_not_break_the_others() {
     // only for the failing region's retries.
     let reads = cluster
         .primary
-        .count_requests("GET", &format!("/blobs/{cut}"));
+        .count_settled("GET", &format!("/blobs/{cut}"))
+        .await;
     let attempts = proxy.count(&axum::http::Method::PUT, cut.hex());
     assert_eq!(reads, attempts, "one read per attempt, shared on the first");
 }

@@ -434,12 +434,15 @@ impl Bench<'_> {
             concurrency: level,
             task,
         };
-        let marks = target.marks();
+        let marks = target.marks().await;
         let cpu0 = target.registries_cpu();
         let phase = self.progress.phase(name, total);
         let (wall, child) = self.spawn_child(&plan, name, &phase).await?;
-        let server = marks.as_ref().and_then(|m| target.requests_since(m));
         let registry_cpu = cpu0.zip(target.registries_cpu()).map(|(a, b)| b - a);
+        let server = match &marks {
+            Some(m) => target.requests_since(m).await,
+            None => None,
+        };
         let requests = Some(match server {
             Some(s) => from_server(s),
             None => Requests {
@@ -506,7 +509,7 @@ impl Bench<'_> {
         let authfile = super::skopeo::write_authfile(config, &self.dir)?;
         let repos: Vec<String> = self.corpus.manifests.keys().cloned().collect();
         let invocations = super::skopeo::invocations(config, &repos, authfile.as_deref())?;
-        let marks = target.marks();
+        let marks = target.marks().await;
         let cpu0 = target.registries_cpu();
         let disk0 = target.replica_disk_bytes();
         let phase = self.progress.phase("skopeo sync", disk0.map(|_| total));
@@ -531,8 +534,11 @@ impl Bench<'_> {
             "{:.1} MiB/s of unique blobs",
             self.bytes as f64 / (1 << 20) as f64 / run.elapsed_secs
         ));
-        let server = marks.as_ref().and_then(|m| target.requests_since(m));
         let registry_cpu = cpu0.zip(target.registries_cpu()).map(|(a, b)| b - a);
+        let server = match &marks {
+            Some(m) => target.requests_since(m).await,
+            None => None,
+        };
         let (verified, verify_secs, verify_error) = self
             .verify(target, Expect::Images, self.opts.read_back)
             .await;

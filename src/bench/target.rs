@@ -135,13 +135,17 @@ impl Target {
 
     /// Each registry's log position, for [`Target::requests_since`];
     /// `None` for an operator's registries (no logs to read).
-    pub fn marks(&self) -> Option<Marks> {
+    pub async fn marks(&self) -> Option<Marks> {
         let local = self.local.as_ref()?;
-        Some(Marks(local.all().map(|r| r.requests().len()).collect()))
+        let mut marks = Vec::new();
+        for r in local.all() {
+            marks.push(r.settled_requests().await.len());
+        }
+        Some(Marks(marks))
     }
 
     /// Requests the registries logged since `marks`, by kind.
-    pub fn requests_since(&self, marks: &Marks) -> Option<ServerRequests> {
+    pub async fn requests_since(&self, marks: &Marks) -> Option<ServerRequests> {
         let local = self.local.as_ref()?;
         let mut out = ServerRequests::default();
         for (i, r) in local.all().enumerate() {
@@ -150,7 +154,7 @@ impl Target {
             } else {
                 &mut out.replicas
             };
-            for (method, uri, _) in r.requests().iter().skip(marks.0[i]) {
+            for (method, uri, _) in r.settled_requests().await.iter().skip(marks.0[i]) {
                 *into
                     .entry(request_kind(method, uri).to_owned())
                     .or_insert(0) += 1;

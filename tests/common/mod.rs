@@ -356,9 +356,11 @@ pub fn unique_layer(corpus: &Corpus, repository: &str, tag: &str) -> Digest {
         .expect("a layer unique to this image")
 }
 
-/// Requests that change a registry (uploads, mounts, manifest pushes, deletes).
-pub fn writes(reg: &LocalRegistry) -> usize {
-    reg.requests()
+/// Requests that change a registry (uploads, mounts, manifest pushes,
+/// deletes), every one answered so far.
+pub async fn writes(reg: &LocalRegistry) -> usize {
+    reg.settled_requests()
+        .await
         .iter()
         .filter(|(m, _, _)| m == "PUT" || m == "POST" || m == "PATCH" || m == "DELETE")
         .count()
