@@ -306,6 +306,56 @@ async fn consistent(primary: &str, region: &LocalRegistry, corpus: &Corpus) -> R
     .await
 }
 
+/// A region that lost what the store recorded (here: wiped) refuses the
+/// next manifest that needs that content; the pass then asks the region
+/// about that repository again and copies what is missing, in the same pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_lost_recorded_content_is_asked_again_and_refilled() {
+    let mut cluster = Cluster::start(1).await;
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(37)).await;
+    let config = cluster.default_config();
+    let (code, report) = sync_json(&config, &[]).await;
+    assert_eq!(code, 0, "{report:#}");
+    cluster.replicas[0].wipe().await.unwrap();
+
+    // A new tag for an image the store says the region holds.
+    let primary = client(&cluster.primary.url());
+    let scope = Scope::pull("library/base");
+    let v2 = primary
+        .get_manifest("library/base", "v2", &scope)
+        .await
+        .unwrap()
+        .unwrap();
+    primary
+        .put_manifest("library/base", "again", &v2)
+        .await
+        .unwrap();
+    let out = georep(
+        &["sync", "--config", config.to_str().unwrap(), "--json"],
+        &[],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("lacks content of library/base that georep had recorded as copied"),
+        "{stderr}"
+    );
+    let region = cluster.replicas[0].url();
+    let again = client(&region)
+        .head_manifest("library/base", "again", &scope)
+        .await
+        .unwrap()
+        .map(|h| h.digest);
+    assert_eq!(again, Some(v2.digest.clone()));
+    // The image under both tags is whole again, every blob and child.
+    verify_tags(&cluster.primary.url(), &region, &corpus, |t| {
+        t.repository == "library/base" && t.tag == "v2"
+    })
+    .await
+    .unwrap();
+}
+
 /// Completed blob uploads per (repository, digest) in a registry's log.
 fn completed_uploads(reg: &LocalRegistry) -> HashMap<(String, String), usize> {
     let mut out = HashMap::new();

@@ -16,6 +16,7 @@ use super::report::TagState;
 use crate::digest::Digest;
 use crate::registry::manifest::{Descriptor, Kind};
 use crate::registry::{Manifest, Scope};
+use crate::store::now_unix_ms;
 
 /// Indexes of indexes (and subject chains) deeper than this are refused:
 /// real images nest two or three levels; a hostile primary could nest more.
@@ -90,17 +91,78 @@ impl Engine {
                 size: root.bytes.len() as u64,
                 urls: Vec::new(),
             };
-            let classes = self.speed_classes(regions);
-            let copies = classes
+            let started = now_unix_ms();
+            let copy = |regions: Vec<RegionId>| {
+                let desc = desc.clone();
+                async move {
+                    let classes = self.speed_classes(&regions);
+                    let copies = classes
+                        .iter()
+                        .map(|c| self.ensure_manifest(repo, desc.clone(), c, 0, false));
+                    join_all(copies)
+                        .await
+                        .into_iter()
+                        .flatten()
+                        .collect::<RegionResults>()
+                }
+            };
+            let mut results = copy(regions.to_vec()).await;
+            // Once more where the store's facts proved stale, as for images.
+            let stale: Vec<RegionId> = results
                 .iter()
-                .map(|c| self.ensure_manifest(repo, desc.clone(), c, 0, false));
-            join_all(copies).await.into_iter().flatten().collect()
+                .filter(|(r, res)| res.is_err() && self.facts.distrusted_since(**r, repo, started))
+                .map(|(r, _)| *r)
+                .collect();
+            if !stale.is_empty() {
+                for &r in &stale {
+                    self.stale_warning(r, repo);
+                }
+                results.extend(copy(stale).await);
+            }
+            results
         }
         .instrument(span)
         .await
     }
 
+    /// [`Engine::copy_image_once`], then once more for each region that
+    /// refused a manifest for lacking content the store said it had (see
+    /// [`Facts::distrust`](super::known::Facts::distrust)): the second try
+    /// asks the region about everything instead of believing the store.
     async fn copy_image_inner(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
+        let started = now_unix_ms();
+        let mut outcomes = self.copy_image_once(job, regions).await;
+        let stale: Vec<RegionId> = regions
+            .iter()
+            .copied()
+            .filter(|&r| {
+                outcomes
+                    .iter()
+                    .any(|o| o.region == r && o.state == TagState::Failed)
+                    && self.facts.distrusted_since(r, &job.repository, started)
+            })
+            .collect();
+        if stale.is_empty() {
+            return outcomes;
+        }
+        for &r in &stale {
+            self.stale_warning(r, &job.repository);
+        }
+        outcomes.retain(|o| !stale.contains(&o.region));
+        outcomes.extend(self.copy_image_once(job, &stale).await);
+        outcomes
+    }
+
+    fn stale_warning(&self, r: RegionId, repo: &str) {
+        tracing::warn!(
+            region = %self.regions[r].name(),
+            "{} lacks content of {repo} that georep had recorded as copied (wiped, restored \
+             or cleaned by hand?): checking each item of {repo} there again",
+            self.regions[r].url()
+        );
+    }
+
+    async fn copy_image_once(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
         let repo = &job.repository;
         let mut outcomes = Vec::new();
 
@@ -256,7 +318,12 @@ impl Engine {
                                     failure: None,
                                 }
                             }
-                            Err(e) => failed(r, tag.clone(), Cause::of("pushing the tag", &e)),
+                            Err(e) => {
+                                if e.lacks_content() {
+                                    self.facts.distrust(r, repo);
+                                }
+                                failed(r, tag.clone(), Cause::of("pushing the tag", &e))
+                            }
                         },
                     };
                     out.push(outcome);
@@ -506,10 +573,15 @@ impl Engine {
                             self.facts.add_manifest(r, repo, digest.as_str(), digest);
                             (r, Ok(()))
                         }
-                        Err(e) => (
-                            r,
-                            Err(Cause::of(format_args!("pushing manifest {digest}"), &e)),
-                        ),
+                        Err(e) => {
+                            if e.lacks_content() {
+                                self.facts.distrust(r, repo);
+                            }
+                            (
+                                r,
+                                Err(Cause::of(format_args!("pushing manifest {digest}"), &e)),
+                            )
+                        }
                     }
                 }
             });

@@ -8,6 +8,12 @@
 //! believed either way: asking again would mean writing the same blob link
 //! twice, which the distribution registry does not survive under a
 //! concurrent manifest push. Facts are written only after the region acknowledged them.
+//!
+//! A region can lose what the store recorded (wiped, restored from an old
+//! backup, cleaned by hand). When it refuses a manifest for lacking content
+//! the store vouched for, that region's facts of that repository are
+//! [distrusted](Facts::distrust): everything recorded before is asked
+//! again, and the copy is tried once more at once.
 //! The store is a cache: a failed write is logged and costs a request later,
 //! never a wrong answer.
 //!
@@ -30,6 +36,9 @@ pub struct Facts {
     /// Start of the current pass (unix ms): facts at or after it are fresh.
     pass_started_ms: AtomicU64,
     write_failed: AtomicBool,
+    /// (region, repository) → unix ms before which its facts are not
+    /// believed: the region refused a manifest for lacking content.
+    distrusted: Mutex<HashMap<(RegionId, String), u64>>,
 }
 
 impl Facts {
@@ -39,6 +48,7 @@ impl Facts {
             verify: AtomicBool::new(false),
             pass_started_ms: AtomicU64::new(0),
             write_failed: AtomicBool::new(false),
+            distrusted: Mutex::new(HashMap::new()),
         }
     }
 
@@ -52,9 +62,39 @@ impl Facts {
         self.verify.store(verify, Ordering::Relaxed);
     }
 
-    /// Whether a fact acknowledged at `at_ms` may be believed.
-    fn trusted(&self, at_ms: u64) -> bool {
-        !self.verifying() || at_ms >= self.pass_started_ms.load(Ordering::Relaxed)
+    /// Whether a fact of region `r` about `repo` acknowledged at `at_ms`
+    /// may be believed.
+    fn trusted(&self, r: RegionId, repo: &str, at_ms: u64) -> bool {
+        if self.verifying() && at_ms < self.pass_started_ms.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.distrusted_at(r, repo)
+            .is_none_or(|since| at_ms >= since)
+    }
+
+    fn distrusted_at(&self, r: RegionId, repo: &str) -> Option<u64> {
+        let map = self.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            return None;
+        }
+        map.get(&(r, repo.to_owned())).copied()
+    }
+
+    /// Region `r` refused a manifest of `repo` for lacking content the
+    /// store recorded as present: nothing recorded of `r` and `repo` until
+    /// now is believed any more (each item is asked again and the answers
+    /// rewrite the store).
+    pub fn distrust(&self, r: RegionId, repo: &str) {
+        self.distrusted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((r, repo.to_owned()), now_unix_ms());
+    }
+
+    /// Whether [`Facts::distrust`] was called for `r` and `repo` at or
+    /// after `since_ms`.
+    pub fn distrusted_since(&self, r: RegionId, repo: &str, since_ms: u64) -> bool {
+        self.distrusted_at(r, repo).is_some_and(|at| at >= since_ms)
     }
 
     pub fn verifying(&self) -> bool {
@@ -65,20 +105,20 @@ impl Facts {
     pub fn tag(&self, r: RegionId, repo: &str, tag: &str) -> Option<Digest> {
         self.store
             .manifest(r, repo, tag)
-            .filter(|f| self.trusted(f.at_ms))
+            .filter(|f| self.trusted(r, repo, f.at_ms))
             .map(|f| f.digest)
     }
 
     pub fn has_manifest(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
         self.store
             .manifest(r, repo, digest.as_str())
-            .is_some_and(|f| self.trusted(f.at_ms))
+            .is_some_and(|f| self.trusted(r, repo, f.at_ms))
     }
 
     pub fn has_blob(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
         self.store
             .blob(r, repo, digest)
-            .is_some_and(|at| self.trusted(at))
+            .is_some_and(|at| self.trusted(r, repo, at))
     }
 
     /// Another repository of `r` recorded to hold `digest`. Used even when
@@ -200,5 +240,43 @@ impl RegionRepos {
     /// Forgets every listing: a new pass lists again.
     pub fn clear(&self) {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distrust covers one region and one repository, and only what was
+    /// recorded before it: what the region acknowledges after is believed.
+    #[test]
+    fn distrust_is_per_region_and_repository_and_ends_with_new_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let regions = vec![
+            ("eastus".to_owned(), "http://a".to_owned()),
+            ("japaneast".to_owned(), "http://b".to_owned()),
+        ];
+        let facts = Facts::new(Arc::new(Store::open(dir.path(), &regions).unwrap()));
+        let d = Digest::sha256_of(b"layer");
+        for (r, repo) in [(0, "a"), (0, "b"), (1, "a")] {
+            facts.add_blob(r, repo, &d);
+            facts.add_manifest(r, repo, "v1", &d);
+        }
+        let before = now_unix_ms();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        facts.distrust(0, "a");
+        assert!(facts.distrusted_since(0, "a", before));
+        assert!(!facts.distrusted_since(0, "a", now_unix_ms() + 1));
+        assert!(!facts.has_blob(0, "a", &d));
+        assert!(!facts.has_manifest(0, "a", &d));
+        assert_eq!(facts.tag(0, "a", "v1"), None);
+        // Other repositories of the region, and other regions, are believed.
+        assert!(facts.has_blob(0, "b", &d) && facts.has_blob(1, "a", &d));
+        assert_eq!(facts.tag(1, "a", "v1"), Some(d.clone()));
+        assert!(!facts.distrusted_since(1, "a", 0));
+        // Acknowledged again: believed again.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        facts.add_blob(0, "a", &d);
+        assert!(facts.has_blob(0, "a", &d));
     }
 }

@@ -175,6 +175,13 @@ impl RegistryError {
         }
     }
 
+    /// The registry refused a manifest because content it references is
+    /// not there (`MANIFEST_BLOB_UNKNOWN`, `BLOB_UNKNOWN`): whoever recorded
+    /// that content as present was wrong, or it was deleted since.
+    pub fn lacks_content(&self) -> bool {
+        matches!(self.code(), Some("MANIFEST_BLOB_UNKNOWN" | "BLOB_UNKNOWN"))
+    }
+
     pub fn code(&self) -> Option<&str> {
         match self {
             RegistryError::Status { code, .. } => code.as_deref(),
