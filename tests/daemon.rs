@@ -307,6 +307,71 @@ async fn a_stopped_region_catches_up_without_delaying_the_others() {
     assert_eq!(daemon.status().await["regions"][2]["lag_items"], 0);
 }
 
+/// A region that loses what georep copied there (wiped, here) is found by
+/// the next audit and refilled, with no push and no restart; the other
+/// region is found whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_refills_a_region_that_lost_its_content() {
+    let port = free_port().unwrap();
+    let mut cluster = Cluster::start(2).await;
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(43)).await;
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(port, "poll_interval_secs: 3600\naudit_interval_secs: 2\n"),
+    );
+    let daemon = DaemonProc::start(&config, port, &[]).await;
+    let primary = cluster.primary.url();
+    let urls = cluster.replica_urls();
+    for url in &urls {
+        wait_for(
+            "the corpus in a region",
+            Duration::from_secs(90),
+            async || verify_region(&primary, url, &corpus).await.is_ok(),
+        )
+        .await;
+    }
+    // Audits of whole regions find nothing.
+    let audits = daemon.status().await["audit"]["count"].as_u64().unwrap();
+    wait_for(
+        "an audit of the whole regions",
+        Duration::from_secs(20),
+        async || daemon.status().await["audit"]["count"].as_u64().unwrap() > audits,
+    )
+    .await;
+    let text = daemon.metrics().await;
+    for name in REGION_NAMES.iter().take(2) {
+        let series = format!("georep_audit_stale_total{{region=\"{name}\"}}");
+        assert_eq!(metric(&text, &series), Some(0.0), "{text}");
+    }
+
+    cluster.replicas[0].wipe().await.unwrap();
+    wait_for(
+        "the wiped region refilled",
+        Duration::from_secs(90),
+        async || verify_region(&primary, &urls[0], &corpus).await.is_ok(),
+    )
+    .await;
+    let text = daemon.metrics().await;
+    let stale = |i: usize| {
+        metric(
+            &text,
+            &format!("georep_audit_stale_total{{region=\"{}\"}}", REGION_NAMES[i]),
+        )
+        .unwrap()
+    };
+    assert!(stale(0) >= corpus.tags.len() as f64, "{text}");
+    assert_eq!(stale(1), 0.0, "{text}");
+    assert!(metric(&text, "georep_audits_total").unwrap() >= 2.0);
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!("audit: {} does not serve", urls[0])),
+        "{}",
+        tail(&log, 40)
+    );
+    verify_region(&primary, &urls[1], &corpus).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_refuses_bad_input_and_credentials() {
     let port = free_port().unwrap();

@@ -101,6 +101,8 @@ pub struct RegionMetrics {
     errors: [AtomicU64; KINDS.len()],
     pub items_done: AtomicU64,
     pub deletes: AtomicU64,
+    /// Tags an audit found missing or different in the region.
+    pub audit_stale: AtomicU64,
     /// From the primary's event time to the item done in this region.
     pub latency: Histogram,
 }
@@ -121,6 +123,7 @@ pub struct Metrics {
     pub api_unauthorized: AtomicU64,
     pub reconciles: AtomicU64,
     pub reconcile_failures: AtomicU64,
+    pub audits: AtomicU64,
     pub notifications_sent: AtomicU64,
     pub notifications_failed: AtomicU64,
     /// From the primary's event time to the last region done.
@@ -136,6 +139,7 @@ impl Metrics {
             api_unauthorized: AtomicU64::new(0),
             reconciles: AtomicU64::new(0),
             reconcile_failures: AtomicU64::new(0),
+            audits: AtomicU64::new(0),
             notifications_sent: AtomicU64::new(0),
             notifications_failed: AtomicU64::new(0),
             complete_latency: Histogram::default(),
@@ -193,7 +197,7 @@ type Series = (
 /// The Prometheus text format (version 0.0.4) of everything.
 pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
     let mut out = String::new();
-    let per_region: [Series; 10] = [
+    let per_region: [Series; 11] = [
         (
             "georep_blobs_copied_total",
             "counter",
@@ -253,6 +257,12 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
             "counter",
             "Manifests deleted in the region because they were deleted on the primary.",
             |_, m| m.deletes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "georep_audit_stale_total",
+            "counter",
+            "Tags georep had copied that an audit found missing or different in the region.",
+            |_, m| m.audit_stale.load(Ordering::Relaxed) as f64,
         ),
     ];
     for (name, kind, help, value) in per_region {
@@ -318,7 +328,7 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
             m.events(r)
         );
     }
-    let plain: [(&str, &str, &AtomicU64); 6] = [
+    let plain: [(&str, &str, &AtomicU64); 7] = [
         (
             "georep_webhook_unauthorized_total",
             "Webhook requests refused for missing or wrong credentials.",
@@ -338,6 +348,11 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
             "georep_reconcile_failures_total",
             "Reconciles that could not list the primary completely.",
             &m.reconcile_failures,
+        ),
+        (
+            "georep_audits_total",
+            "Audits of what the regions serve against what georep recorded.",
+            &m.audits,
         ),
         (
             "georep_notifications_sent_total",

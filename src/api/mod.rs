@@ -25,7 +25,7 @@ use serde::Serialize;
 use sha2::Digest as _;
 
 use crate::config::{DeletePolicy, HttpAuth};
-use crate::daemon::{ReconcileStatus, Shared};
+use crate::daemon::{AuditStatus, ReconcileStatus, Shared};
 use crate::store::queue::Action;
 use crate::store::{format_unix, now_unix_ms};
 use crate::watch::webhook::{self, Decision};
@@ -318,6 +318,7 @@ pub struct StatusView {
     pub primary: PrimaryView,
     pub regions: Vec<RegionStatusView>,
     pub reconcile: ReconcileStatus,
+    pub audit: AuditStatus,
     pub events_queued: u64,
     pub events_duplicate: u64,
     pub events_rejected: u64,
@@ -381,6 +382,11 @@ pub fn status_view(shared: &Shared) -> StatusView {
         regions,
         reconcile: shared
             .reconcile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+        audit: shared
+            .audit
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),

@@ -36,6 +36,9 @@ pub struct FileConfig {
     /// Seconds between full reconciles of the daemon; 0 turns polling off.
     #[serde(default)]
     pub poll_interval_secs: Option<Spanned<u64>>,
+    /// Seconds between the daemon's audits of the regions; 0 turns them off.
+    #[serde(default)]
+    pub audit_interval_secs: Option<Spanned<u64>>,
     /// How long the daemon lets in-flight copies finish on shutdown.
     #[serde(default)]
     pub shutdown_grace_secs: Option<Spanned<u64>>,

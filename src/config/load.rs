@@ -725,11 +725,13 @@ impl Validator<'_> {
                 v.to_owned()
             }
         };
-        let poll_interval = match &file.poll_interval_secs {
-            None => d.poll_interval,
+        let every = |secs: &Option<Spanned<u64>>, default: Option<Duration>| match secs {
+            None => default,
             Some(s) if s.value == 0 => None,
             Some(s) => Some(Duration::from_secs(s.value)),
         };
+        let poll_interval = every(&file.poll_interval_secs, d.poll_interval);
+        let audit_interval = every(&file.audit_interval_secs, d.audit_interval);
         let shutdown_grace = match &file.shutdown_grace_secs {
             None => d.shutdown_grace,
             Some(s) => Duration::from_secs(s.value),
@@ -833,6 +835,7 @@ impl Validator<'_> {
         DaemonConfig {
             listen,
             poll_interval,
+            audit_interval,
             shutdown_grace,
             retry_max,
             park_after_attempts,

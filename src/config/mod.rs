@@ -44,6 +44,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
 /// Seconds between the daemon's full reconciles against the primary.
 pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 300;
+/// Seconds between the daemon's audits of what the regions really serve.
+pub const DEFAULT_AUDIT_INTERVAL_SECS: u64 = 6 * 3600;
 /// Seconds in-flight copies get to finish when the daemon is stopped.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 /// The longest pause between two tries of a failing work item.
@@ -85,6 +87,8 @@ pub struct DaemonConfig {
     pub listen: String,
     /// Between full reconciles; `None`: no polling, not even at start.
     pub poll_interval: Option<Duration>,
+    /// Between audits of the regions against the store; `None`: never.
+    pub audit_interval: Option<Duration>,
     pub shutdown_grace: Duration,
     pub retry_max: Duration,
     pub park_after_attempts: u32,
@@ -103,6 +107,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen: DEFAULT_LISTEN.to_owned(),
             poll_interval: Some(Duration::from_secs(DEFAULT_POLL_INTERVAL_SECS)),
+            audit_interval: Some(Duration::from_secs(DEFAULT_AUDIT_INTERVAL_SECS)),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
             retry_max: Duration::from_secs(DEFAULT_RETRY_MAX_SECS),
             park_after_attempts: DEFAULT_PARK_AFTER_ATTEMPTS,

@@ -39,6 +39,7 @@ pub struct Shared {
     pub in_flight: Mutex<HashMap<(RegionId, String, String), Instant>>,
     pub notifier: notify::Notifier,
     pub reconcile: Mutex<ReconcileStatus>,
+    pub audit: Mutex<AuditStatus>,
     /// The last readiness probe of the primary, reused for a few seconds.
     pub primary_probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     /// Held while an item is finished and the other regions are checked.
@@ -60,6 +61,21 @@ pub struct ReconcileStatus {
     pub last_tags: usize,
     /// Items it queued (regions found behind).
     pub last_queued: usize,
+    pub last_error: Option<String>,
+}
+
+/// The audits so far ([`crate::watch::audit`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditStatus {
+    pub running: bool,
+    pub count: u64,
+    pub last_started_at: Option<u64>,
+    pub last_finished_at: Option<u64>,
+    /// (region, tag) pairs the last audit asked about.
+    pub last_checked: usize,
+    /// Of those, the ones a region did not serve as recorded (queued again).
+    pub last_stale: usize,
+    /// Regions or repositories the last audit could not ask about.
     pub last_error: Option<String>,
 }
 
@@ -115,6 +131,7 @@ impl Daemon {
                 in_flight: Mutex::new(HashMap::new()),
                 notifier,
                 reconcile: Mutex::new(ReconcileStatus::default()),
+                audit: Mutex::new(AuditStatus::default()),
                 primary_probe: tokio::sync::Mutex::new(None),
                 completion: Mutex::new(()),
                 hints: schedule::Hints::new(regions),
@@ -174,6 +191,7 @@ impl Daemon {
         };
         let workers = tokio::spawn(workers::run(shared.clone(), signal.clone()));
         let poller = tokio::spawn(crate::watch::poller::run(shared.clone(), signal.clone()));
+        let audit = tokio::spawn(crate::watch::audit::run(shared.clone(), signal.clone()));
         let notifier = shared.notifier.spawn(shared.clone(), signal.clone());
 
         stop.await;
@@ -183,7 +201,9 @@ impl Daemon {
         );
         trigger.fire();
         poller.abort();
+        audit.abort();
         let _ = poller.await;
+        let _ = audit.await;
         match api.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("the HTTP API ended with an error: {e}"),

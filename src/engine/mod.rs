@@ -194,12 +194,18 @@ impl Engine {
         classes.into_values().collect()
     }
 
-    /// One pass: make every region match the primary. Never fails as a
-    /// whole; what did not work is listed in the report.
     pub fn store(&self) -> &Arc<Store> {
         self.facts.store()
     }
 
+    /// Region `r` was found not to serve what the store recorded of `repo`:
+    /// what was recorded until now is asked again when next needed.
+    pub fn distrust(&self, r: crate::store::RegionId, repo: &str) {
+        self.facts.distrust(r, repo);
+    }
+
+    /// One pass: make every region match the primary. Never fails as a
+    /// whole; what did not work is listed in the report.
     pub async fn sync(&self, options: SyncOptions) -> SyncReport {
         let started = Instant::now();
         self.facts.begin_pass(options.verify);

@@ -1,6 +1,8 @@
-//! Change sources of the daemon. Neither copies anything: the webhook
-//! ([`webhook`], served by [`crate::api`]) and the poller ([`poller`]) both
-//! record what changed in the durable queue and wake the workers.
+//! Change sources of the daemon. None copies anything: the webhook
+//! ([`webhook`], served by [`crate::api`]), the poller ([`poller`]) and the
+//! audit ([`audit`]) record what changed in the durable queue and wake the
+//! workers.
 
+pub mod audit;
 pub mod poller;
 pub mod webhook;

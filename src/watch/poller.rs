@@ -151,7 +151,7 @@ fn prune_events(shared: &Shared) {
 }
 
 /// Queues `batch` and wakes the workers; returns how many changes it held.
-fn flush(shared: &Shared, batch: &mut Vec<Change>) -> usize {
+pub(crate) fn flush(shared: &Shared, batch: &mut Vec<Change>) -> usize {
     if batch.is_empty() {
         return 0;
     }
