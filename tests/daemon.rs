@@ -364,6 +364,9 @@ async fn an_audit_refills_a_region_that_lost_its_content() {
     assert_eq!(stale(1), 0.0, "{text}");
     assert!(metric(&text, "georep_audits_total").unwrap() >= 2.0);
     let log = daemon.log_text();
+    for line in log.lines().filter(|l| l.contains("audit done")) {
+        eprintln!("{line}");
+    }
     assert!(
         log.contains(&format!("audit: {} does not serve", urls[0])),
         "{}",

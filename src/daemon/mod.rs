@@ -75,6 +75,8 @@ pub struct AuditStatus {
     pub last_checked: usize,
     /// Of those, the ones a region did not serve as recorded (queued again).
     pub last_stale: usize,
+    /// How long the last audit took.
+    pub last_secs: f64,
     /// Regions or repositories the last audit could not ask about.
     pub last_error: Option<String>,
 }

@@ -55,6 +55,7 @@ struct Found {
 
 /// One audit of every region.
 pub async fn audit(shared: &Shared) {
+    let started = std::time::Instant::now();
     {
         let mut s = shared.audit.lock().unwrap_or_else(|e| e.into_inner());
         s.running = true;
@@ -69,13 +70,15 @@ pub async fn audit(shared: &Shared) {
     let stale = found.iter().map(|f| f.stale).sum();
     let error = found.into_iter().find_map(|f| f.error);
     shared.metrics.audits.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(checked, stale, "audit done");
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(checked, stale, secs, "audit done");
     let mut s = shared.audit.lock().unwrap_or_else(|e| e.into_inner());
     s.running = false;
     s.count += 1;
     s.last_finished_at = Some(now_unix());
     s.last_checked = checked;
     s.last_stale = stale;
+    s.last_secs = secs;
     s.last_error = error;
 }
 
