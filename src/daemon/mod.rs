@@ -1,8 +1,9 @@
-//! `georep run`: the daemon. Webhook and poller record changes in the
-//! durable queue ([`crate::store::queue`]); per-region workers ([`workers`])
-//! copy them with the engine; the HTTP API ([`crate::api`]) serves the
-//! webhook, health, status and metrics; outgoing notifications
-//! ([`notify`]) tell the outside world when an image has landed.
+//! `georep run`: the daemon. Webhook, poller and audit ([`crate::watch`])
+//! record changes in the durable queue ([`crate::store::queue`]); per-region
+//! workers ([`workers`]) copy them with the engine; the HTTP API
+//! ([`crate::api`]) serves the webhook, health, status and metrics; outgoing
+//! notifications ([`notify`]) tell the outside world when an image has
+//! landed.
 //!
 //! Start is two-phase: [`Daemon::build`] validates everything that can be
 //! wrong (the store opens, the port binds) before anything runs, then
@@ -158,6 +159,7 @@ impl Daemon {
             %addr,
             regions = shared.config.regions.len(),
             poll_interval_secs = shared.config.daemon.poll_interval.map(|d| d.as_secs()),
+            audit_interval_secs = shared.config.daemon.audit_interval.map(|d| d.as_secs()),
             "georep daemon listening"
         );
         if !addr.ip().is_loopback() {

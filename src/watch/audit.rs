@@ -109,7 +109,8 @@ async fn audit_region(shared: &Shared, r: RegionId) -> Found {
         if held.is_empty() {
             continue;
         }
-        let scope = Scope::pull(&repo);
+        // The scope copies use, so their cached token serves the audit too.
+        let scope = Scope::push(&repo);
         let listed: HashSet<String> = match region.tags(&repo, &scope).await {
             Ok(Some(tags)) => tags.into_iter().collect(),
             Ok(None) => HashSet::new(),
