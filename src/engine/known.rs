@@ -8,14 +8,15 @@
 //! believed either way: asking again would mean writing the same blob link
 //! twice, which the distribution registry does not survive under a
 //! concurrent manifest push. Facts are written only after the region acknowledged them.
+//! The store is a cache: a failed write is logged and costs a request later,
+//! never a wrong answer.
 //!
 //! A region can lose what the store recorded (wiped, restored from an old
 //! backup, cleaned by hand). When it refuses a manifest for lacking content
-//! the store vouched for, that region's facts of that repository are
-//! [distrusted](Facts::distrust): everything recorded before is asked
-//! again, and the copy is tried once more at once.
-//! The store is a cache: a failed write is logged and costs a request later,
-//! never a wrong answer.
+//! the store vouched for, or an audit finds a tag gone, that region's facts
+//! of that repository are [distrusted](Facts::distrust): everything recorded
+//! before is asked again (a read; nothing present is written twice), and a
+//! refused copy is tried once more at once.
 //!
 //! [`RegionRepos`] holds, for one pass, each region's tag listing of each
 //! repository, fetched only when the store cannot answer.

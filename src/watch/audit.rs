@@ -94,7 +94,14 @@ async fn audit_region(shared: &Shared, r: RegionId) -> Found {
         ));
         return found;
     }
-    for repo in store.primary_repositories() {
+    let filter = &shared.config.repositories;
+    // Repositories the config no longer selects are left alone, as the
+    // reconcile leaves them.
+    for repo in store
+        .primary_repositories()
+        .into_iter()
+        .filter(|r| filter.allows(r))
+    {
         // The tags the store says the region serves at the primary's digest.
         let held: Vec<(String, Digest)> = store
             .primary_tags(&repo)
