@@ -273,21 +273,31 @@ pub async fn verify_tags(
             }
             let refs = want.references().map_err(|e| e.to_string())?;
             stack.extend(refs.manifests.iter().map(|m| m.digest.clone()));
-            for b in refs.blobs {
-                if corpus.foreign.contains(&b.digest) {
-                    continue;
-                }
-                let size = region
-                    .head_blob(repo, &b.digest, &Scope::pull(repo))
-                    .await
-                    .map_err(|e| format!("{region_url} blob {repo}@{}: {e:#}", b.digest))?;
-                if size != Some(b.size) {
-                    return Err(format!(
-                        "{region_url} blob {repo}@{} has size {size:?}, expected {}",
-                        b.digest, b.size
-                    ));
-                }
-            }
+            blobs_whole(&region, region_url, repo, &refs.blobs, &corpus.foreign).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every blob of `blobs` but the `foreign` ones is in `repo` of the region
+/// at its size.
+async fn blobs_whole(
+    region: &Registry,
+    region_url: &str,
+    repo: &str,
+    blobs: &[georep::registry::manifest::Descriptor],
+    foreign: &[Digest],
+) -> Result<(), String> {
+    for b in blobs.iter().filter(|b| !foreign.contains(&b.digest)) {
+        let size = region
+            .head_blob(repo, &b.digest, &Scope::pull(repo))
+            .await
+            .map_err(|e| format!("{region_url} blob {repo}@{}: {e:#}", b.digest))?;
+        if size != Some(b.size) {
+            return Err(format!(
+                "{region_url} blob {repo}@{} has size {size:?}, expected {}",
+                b.digest, b.size
+            ));
         }
     }
     Ok(())
@@ -432,21 +442,9 @@ pub async fn no_dangling(
                     .ok_or_else(|| format!("{region_url} {repo}:{tag} is dangling: no {d}"))?;
                 let refs = m.references().map_err(|e| e.to_string())?;
                 stack.extend(refs.manifests.iter().map(|c| c.digest.clone()));
-                for b in refs.blobs {
-                    if foreign.contains(&b.digest) {
-                        continue;
-                    }
-                    let size = region
-                        .head_blob(repo, &b.digest, &scope)
-                        .await
-                        .map_err(|e| format!("{region_url} blob {repo}@{}: {e:#}", b.digest))?;
-                    if size != Some(b.size) {
-                        return Err(format!(
-                            "{region_url} {repo}:{tag} is dangling: blob {} has size {size:?}, not {}",
-                            b.digest, b.size
-                        ));
-                    }
-                }
+                blobs_whole(region, region_url, repo, &refs.blobs, foreign)
+                    .await
+                    .map_err(|e| format!("{repo}:{tag} is dangling: {e}"))?;
             }
             Ok(true)
         })
