@@ -11,12 +11,14 @@
 //!
 //! Reports both wall times, the ratio, and the daemon's peak RSS, then
 //! checks with a no-op `georep sync` that the daemon left nothing to do.
+// A benchmark: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
-use georep::bench::{LocalSetup, client, replica_requests, run_sync};
-use georep::corpus::{Corpus, CorpusSpec, Preset};
-use georep::localreg::free_port;
+use georep::lab::bench::{LocalSetup, client, replica_requests, run_sync};
+use georep::lab::corpus::{Corpus, CorpusSpec, Preset};
+use georep::lab::localreg::free_port;
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -25,7 +27,7 @@ fn main() {
 
 /// Requests the replicas logged, by method and the kind of path.
 fn logged_requests(
-    replicas: &[georep::localreg::LocalRegistry],
+    replicas: &[georep::lab::localreg::LocalRegistry],
 ) -> std::collections::BTreeMap<String, usize> {
     let mut out = std::collections::BTreeMap::new();
     for r in replicas {
@@ -140,7 +142,7 @@ async fn run() {
     }
     let daemon_secs = t.elapsed().as_secs_f64();
     let daemon_requests = logged_requests(&replicas);
-    let daemon_cpu = georep::engine::report::process_cpu_secs(&pid).unwrap_or(f64::NAN);
+    let daemon_cpu = georep::resources::process_cpu_secs(&pid).unwrap_or(f64::NAN);
     // A graceful stop, as an operator would: the store is flushed.
     std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -10,6 +10,8 @@
 //!
 //! `cargo bench --bench hot_paths`; `GEOREP_HASH_MIB` (default 256) and
 //! `GEOREP_DIFF_TAGS` (default 10000) change the sizes.
+// A benchmark: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::hint::black_box;

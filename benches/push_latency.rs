@@ -13,13 +13,15 @@
 //!
 //! Knobs: GEOREP_LATENCY_PUSHES (50), GEOREP_LATENCY_LAYER_MIB (10),
 //! GEOREP_LATENCY_REGIONS (3).
+// A benchmark: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use georep::bench::{LocalSetup, client, raw_copy_image};
-use georep::corpus::push_image;
-use georep::localreg::{LocalNotify, LocalOptions, free_port};
+use georep::lab::bench::{LocalSetup, client, raw_copy_image};
+use georep::lab::corpus::push_image;
+use georep::lab::localreg::{LocalNotify, LocalOptions, free_port};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

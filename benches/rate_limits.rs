@@ -10,9 +10,11 @@
 //!    what the machine can do (metering on, never binding), alternately,
 //!    `GEOREP_BENCH_ROUNDS` times (default 3): georep's CPU seconds and wall
 //!    time for each, and the ratio — the limiter's cost at full speed.
+// A benchmark: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
-use georep::bench::{LocalSetup, client, run_sync};
-use georep::corpus::{Corpus, CorpusSpec, Preset, push_image};
+use georep::lab::bench::{LocalSetup, client, run_sync};
+use georep::lab::corpus::{Corpus, CorpusSpec, Preset, push_image};
 
 const MIB: u64 = 1 << 20;
 

@@ -7,14 +7,16 @@
 //! georep's client and concurrency), requests sent to replicas (must be 0)
 //! and peak RSS. `GEOREP_SCALE_TAGS=10000` runs 10,000 tags in 1,000
 //! repositories (several minutes: pushing and the first sync dominate).
+// A benchmark: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
 
 use futures::StreamExt;
-use georep::bench::{LocalSetup, client, replica_requests, run_sync};
-use georep::corpus::{Corpus, CorpusSpec};
-use georep::engine::blob::human_bytes;
+use georep::lab::bench::{LocalSetup, client, replica_requests, run_sync};
+use georep::lab::corpus::{Corpus, CorpusSpec};
 use georep::registry::Scope;
+use georep::units::human_bytes;
 
 fn main() {
     let tags: usize = std::env::var("GEOREP_SCALE_TAGS")

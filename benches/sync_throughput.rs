@@ -7,10 +7,12 @@
 //! `large`), `GEOREP_BENCH_REGIONS`, `GEOREP_BENCH_ROUNDS`,
 //! `GEOREP_BENCH_SWEEP=1,2,4,8` and `GEOREP_BENCH_SVG=FILE` change that —
 //! the same knobs as `georep bench --preset/--regions/--rounds/--sweep/--svg`.
+// A benchmark: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
 
-use georep::bench::progress::ProgressMode;
-use georep::bench::runner::{BenchOptions, Peer, run};
-use georep::corpus::{CorpusSpec, Preset};
+use georep::lab::bench::runner::{BenchOptions, Peer, run};
+use georep::lab::corpus::{CorpusSpec, Preset};
+use georep::progress::ProgressMode;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -48,8 +50,8 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let report = rt.block_on(run(&opts)).unwrap();
     if let Ok(path) = std::env::var("GEOREP_BENCH_SVG") {
-        std::fs::write(&path, georep::bench::output::svg(&report).unwrap()).unwrap();
+        std::fs::write(&path, georep::lab::bench::output::svg(&report).unwrap()).unwrap();
     }
-    print!("{}", georep::bench::output::render(&report));
+    print!("{}", georep::lab::bench::output::render(&report));
     assert!(report.ok(), "some run failed or was not verified");
 }

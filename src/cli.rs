@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bench::runner::Peer;
-use crate::corpus::Preset;
+use crate::lab::bench::runner::Peer;
+use crate::lab::corpus::Preset;
+use crate::progress::ProgressMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,28 +33,6 @@ pub struct Cli {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// How `sync` and `bench` show progress on stderr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// Bars when stderr is a terminal, plain lines otherwise.
-    Auto,
-    Bars,
-    Plain,
-    None,
-}
-
-impl ProgressMode {
-    /// `Auto` decided: `Bars` on a terminal, else `Plain`.
-    pub fn resolve(self) -> ProgressMode {
-        use std::io::IsTerminal;
-        match self {
-            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bars,
-            ProgressMode::Auto => ProgressMode::Plain,
-            m => m,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]

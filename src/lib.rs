@@ -3,10 +3,9 @@
 //! # Layout
 //!
 //! - [`api`] — the daemon's HTTP API (axum): webhook, health, readiness,
-//!   status, Prometheus metrics.
-//! - [`bench`] — `georep bench`: a generated corpus copied by the raw
-//!   baseline, georep and skopeo side by side, each run a measured child
-//!   process, every run verified; table, JSON and SVG chart.
+//!   status, Prometheus metrics; only HTTP work, on state of its own.
+//! - [`background`] — periodic background tasks and their one driver
+//!   (period, wake-up, last-run status).
 //! - [`cli`] — command-line definitions (clap) only.
 //! - [`commands`] — one file per subcommand: `run`, `sync`, `wait`, `status`,
 //!   `check-config`, `demo`, `bench`.
@@ -17,34 +16,49 @@
 //! - [`registry`] — HTTP client for the OCI distribution API: auth (basic,
 //!   bearer tokens with scopes), manifests, blobs (stream, upload, mount),
 //!   listings, retries, circuit breaker, request counters.
+//! - [`http`] — the HTTP clients registries are reached with (shared
+//!   options, a client of its own per TLS material).
 //! - [`digest`] — content digests and streaming verification.
+//! - [`metrics`] — the daemon's counters and their Prometheus text.
+//! - [`status`] — the daemon's status as one typed view (`/v1/status`,
+//!   `/metrics`, `georep status`).
 //! - [`engine`] — the replication pass: list the primary, diff each region,
 //!   copy blobs (one read fanned out to every region) then manifests then
 //!   tags, and report.
 //! - [`store`] — the checkpoint store (sled): facts about the primary and
 //!   each region, the daemon's durable queue, key layout and schema version.
-//! - [`watch`] — change sources: the registry's notifications (parsed and
-//!   decided) and the poller's periodic reconcile.
+//! - [`watch`] — change sources (the registry's notifications, the
+//!   reconcile, the audit) and the intake they all hand changes to.
+//! - [`lock`] — mutexes whose poisoning is ignored (plain bookkeeping).
+//! - [`units`] — byte sizes for people and aligned text tables.
+//! - [`resources`] — this process's CPU seconds and peak memory.
 //! - [`shutdown`] — SIGINT/SIGTERM to one shutdown signal.
-//! - [`corpus`] — deterministic synthetic images for the demo, the tests and
-//!   the benchmark.
-//! - [`localreg`] — local `docker-registry` processes for the demo, tests
-//!   and benchmark.
+//! - [`progress`] — progress on stderr for `sync` and `bench`.
+//! - [`lab`] — the lab, for `georep demo`, `georep bench` and the tests:
+//!   a deterministic corpus, local `docker-registry` processes, the
+//!   benchmark. Product code never imports it (only `cli`, `commands` and
+//!   the lab itself do; a test reads the imports to hold that).
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod bench;
+pub mod background;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod corpus;
 pub mod daemon;
 pub mod digest;
 pub mod engine;
-pub mod localreg;
+pub mod http;
+pub mod lab;
+pub mod lock;
+pub mod metrics;
+pub mod progress;
 pub mod registry;
+pub mod resources;
 pub mod shutdown;
+pub mod status;
 pub mod store;
+pub mod units;
 pub mod watch;
 
 /// Cases per property test (fuzz target): `PROPTEST_CASES`, else 4096 —

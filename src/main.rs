@@ -6,16 +6,20 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use georep::cli::{Cli, Command, LogFormat};
-use georep::commands::{self, EXIT_ERROR};
+use georep::commands::{self, ExitStatus};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             // --help and --version are not errors.
-            let code = if e.use_stderr() { EXIT_ERROR } else { 0 };
+            let status = if e.use_stderr() {
+                ExitStatus::Error
+            } else {
+                ExitStatus::Success
+            };
             let _ = e.print();
-            return ExitCode::from(code);
+            return status.into();
         }
     };
     init_tracing(cli.log_format);
@@ -26,7 +30,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_ERROR);
+            return ExitStatus::Error.into();
         }
     };
     let result = runtime.block_on(async {
@@ -44,14 +48,14 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(code) => code,
+        Ok(status) => status.into(),
         Err(e) => {
             match cli.log_format {
                 LogFormat::Text => eprintln!("error: {e:#}"),
                 // One JSON object like every other line a collector reads.
                 LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "the command failed"),
             }
-            ExitCode::from(EXIT_ERROR)
+            ExitStatus::Error.into()
         }
     }
 }

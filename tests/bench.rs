@@ -2,12 +2,14 @@
 //! itself, an operator's registries (only its prefix touched, cleaned up
 //! afterwards), a region that serves corrupted bytes (the run is reported
 //! as failed, not as fast), and bad usage.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::proxy::Faults;
 use common::{Cluster, client, georep};
-use georep::corpus::{Corpus, CorpusSpec, Preset, bench_repositories};
+use georep::lab::corpus::{Corpus, CorpusSpec, Preset, bench_repositories};
 use georep::registry::Scope;
 use serde_json::Value;
 
@@ -173,10 +175,10 @@ async fn config_mode_writes_only_its_prefix_and_cleans_up() {
     let cluster = Cluster::start(2).await;
     // The operator's own content, on the primary and in one region.
     let p = client(&cluster.primary.url());
-    let theirs = georep::corpus::push_image(&p, "team/app", "1", 100_000, 7)
+    let theirs = georep::lab::corpus::push_image(&p, "team/app", "1", 100_000, 7)
         .await
         .unwrap();
-    georep::corpus::push_image(
+    georep::lab::corpus::push_image(
         &client(&cluster.replicas[0].url()),
         "team/app",
         "1",

@@ -3,6 +3,8 @@
 //! Dockerfile agree with each other (paths, ports, host names); the same
 //! registry configs start the real `docker-registry` binary and take a
 //! push; and the image's health check command works against a daemon.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::DaemonProc;
 use common::{Cluster, client, georep};
-use georep::localreg::free_port;
+use georep::lab::localreg::free_port;
 use georep::registry::Scope;
 use serde_json::Value;
 
@@ -211,7 +213,7 @@ async fn shipped_registry_configs_run_the_real_registry() {
         let config = root().join(format!("config/registry/{name}.yml"));
         let (_child, url) = serve(&config, &dir.path().join(name)).await;
         let r = client(&url);
-        let m = georep::corpus::push_image(&r, "library/app", "1", 50_000, 3)
+        let m = georep::lab::corpus::push_image(&r, "library/app", "1", 50_000, 3)
             .await
             .unwrap_or_else(|e| panic!("{name}: push: {e:#}"));
         let head = r

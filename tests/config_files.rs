@@ -1,5 +1,7 @@
 //! Every config file shipped in `config/` loads and validates, and
 //! `georep check-config` reports mistakes with file, line and column.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 

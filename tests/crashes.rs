@@ -5,6 +5,8 @@
 //! Polling is off, so only the daemon's durable queue can bring an image
 //! over. `GEOREP_CRASH_TRIALS` (default 20) and `GEOREP_CHAOS_SEED` set the
 //! run; the soak in README.md runs more.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -14,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{DaemonProc, EVENTS, push_event};
 use common::*;
-use georep::corpus::push_image;
 use georep::digest::Digest;
-use georep::localreg::free_port;
+use georep::lab::corpus::push_image;
+use georep::lab::localreg::free_port;
 use georep::registry::Scope;
 
 /// One pushed image and whether the daemon acknowledged its event.

@@ -2,6 +2,8 @@
 //! whose georep config has no `credentials` is reached with what the
 //! Docker config (`DOCKER_CONFIG`) says — an `auths` entry, a `credHelpers`
 //! helper, the `credsStore` — and no secret ever shows in any output.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use common::{Cluster, client};
-use georep::localreg::{LocalAuth, LocalOptions};
+use georep::lab::localreg::{LocalAuth, LocalOptions};
 
 const PASSWORD: &str = "S3cret-pw-7f3a9c";
 const WRONG: &str = "Wr0ng-pw-51d2e8";
@@ -58,7 +60,7 @@ async fn docker_config_auths_helpers_and_store_without_leaking() {
         ..LocalOptions::default()
     })
     .await;
-    georep::corpus::push_image(&client(&cluster.primary.url()), "team/app", "1", 100_000, 4)
+    georep::lab::corpus::push_image(&client(&cluster.primary.url()), "team/app", "1", 100_000, 4)
         .await
         .unwrap();
     let config = cluster.default_config();

@@ -1,5 +1,7 @@
 //! `georep run` against real registries: the primary posts its real
 //! notifications to the daemon, which replicates into real replicas.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -8,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{DaemonProc, EVENTS, metric, push_event};
 use common::*;
-use georep::corpus::push_image;
-use georep::localreg::free_port;
+use georep::lab::corpus::push_image;
+use georep::lab::localreg::free_port;
 use georep::registry::Scope;
 
 fn daemon_yaml(port: u16, extra: &str) -> String {

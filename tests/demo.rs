@@ -1,4 +1,6 @@
 //! The README's first quick-start command: `georep demo` works end to end.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

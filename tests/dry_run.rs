@@ -1,5 +1,7 @@
 //! `georep sync --dry-run`: nothing reaches any region, and the plan it
 //! reports is what the real sync then does, figure for figure.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -7,6 +7,8 @@
 //!
 //! `GEOREP_CHAOS_SEED` picks the schedule (default 1), `GEOREP_CHAOS_RATE`
 //! the share faulted (default 0.1): the soak in README.md runs many seeds.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -16,8 +18,8 @@ use std::time::Duration;
 use common::daemon::DaemonProc;
 use common::proxy::{Chaos, FAULTS, Fault, Faults, Proxy};
 use common::*;
-use georep::bench::verify::{self, Expect};
-use georep::localreg::free_port;
+use georep::lab::bench::verify::{self, Expect};
+use georep::lab::localreg::free_port;
 
 /// Short timeouts, so that stalls (3 s) outlast them and tests stay quick.
 const TIMEOUTS: &str =
@@ -96,7 +98,7 @@ impl Chaotic {
     }
 
     /// Tags served: none dangling in any region.
-    async fn tags_served(&self, corpus: &georep::corpus::Corpus) -> usize {
+    async fn tags_served(&self, corpus: &georep::lab::corpus::Corpus) -> usize {
         let mut tags = 0;
         for r in &self.cluster.replicas {
             tags += no_dangling_tags(&r.url(), corpus)
@@ -107,7 +109,7 @@ impl Chaotic {
     }
 
     /// Store facts checked: every one true (the store must be free).
-    async fn store_facts(&self, corpus: &georep::corpus::Corpus) -> usize {
+    async fn store_facts(&self, corpus: &georep::lab::corpus::Corpus) -> usize {
         let names: Vec<(String, String)> = self
             .regions
             .iter()
@@ -125,7 +127,7 @@ impl Chaotic {
     }
 
     /// Each region, read back blob by blob, equals the corpus.
-    async fn assert_identical(&self, corpus: &georep::corpus::Corpus) {
+    async fn assert_identical(&self, corpus: &georep::lab::corpus::Corpus) {
         for r in &self.cluster.replicas {
             assert_identical(&r.url(), corpus).await;
         }
@@ -241,7 +243,7 @@ async fn the_daemon_converges_through_ten_percent_faults_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_converges_through_a_faulty_token_service() {
     use common::token::{self, TokenServer};
-    use georep::localreg::{LocalAuth, LocalOptions};
+    use georep::lab::localreg::{LocalAuth, LocalOptions};
     let seed = seed() + 200;
     let dir = tempfile::tempdir().unwrap();
     let tokens = TokenServer::start_with(dir.path(), "georep", "Tok-pw-77", None, 2).await;
@@ -262,7 +264,7 @@ async fn sync_converges_through_a_faulty_token_service() {
     )
     .await;
     let pusher = client_as(&cluster.primary.url(), "Tok-pw-77");
-    let corpus = georep::corpus::Corpus::generate(&quick_spec(seed)).await;
+    let corpus = georep::lab::corpus::Corpus::generate(&quick_spec(seed)).await;
     corpus
         .push(&pusher)
         .await

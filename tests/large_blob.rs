@@ -7,6 +7,8 @@
 //! `GEOREP_LARGE_BLOB_MIB` sets the size (default 256; the soak in
 //! README.md uses 2048) and the link is throttled so the upload takes about
 //! `GEOREP_LARGE_BLOB_SECS` (default 6) seconds.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Faults, Proxy};
 use common::*;
-use georep::corpus::{Corpus, CorpusSpec, Preset};
+use georep::lab::corpus::{Corpus, CorpusSpec, Preset};
 use reqwest::Method;
 
 const MIB: u64 = 1 << 20;

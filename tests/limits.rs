@@ -1,6 +1,8 @@
 //! Rate limits against real registries, measured by a proxy in front of
 //! the limited region: bandwidth, request rate, and `429` with
 //! `Retry-After`.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Faults, Proxy};
 use common::*;
-use georep::corpus::push_image;
+use georep::lab::corpus::push_image;
 use georep::registry::Scope;
 
 const MIB: f64 = (1 << 20) as f64;

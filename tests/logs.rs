@@ -1,6 +1,8 @@
 //! Logs: `--log-format json` gives one JSON object per stderr line (errors
 //! included); `GEOREP_LOG`, else `RUST_LOG`, filters them; a filter that
 //! does not parse is named, not silently ignored.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -11,7 +13,7 @@ use common::{Cluster, client};
 /// A cluster whose primary holds one image.
 async fn cluster(regions: usize) -> Cluster {
     let c = Cluster::start(regions).await;
-    georep::corpus::push_image(&client(&c.primary.url()), "team/app", "1", 50_000, 1)
+    georep::lab::corpus::push_image(&client(&c.primary.url()), "team/app", "1", 50_000, 1)
         .await
         .unwrap();
     c

@@ -6,6 +6,8 @@
 //!
 //! `GEOREP_OUTAGE_SECS` (default 20; the soak in README.md uses 60) sets
 //! how long the region is down.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -14,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::daemon::DaemonProc;
 use common::*;
-use georep::corpus::push_image;
 use georep::digest::Digest;
-use georep::localreg::free_port;
+use georep::lab::corpus::push_image;
+use georep::lab::localreg::free_port;
 use georep::registry::Scope;
 
 /// Between two pushes.

@@ -1,6 +1,8 @@
 //! `georep sync` progress: off a terminal, plain `[sync] REGION: ...` lines
 //! (periodically and once at the end) whose figures match the report;
 //! `--progress none` silences them.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The registry client against a real registry: mounts (both answers),
 //! upload sessions, manifests by tag and digest, listings.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The checkpoint store: incremental passes, `--verify`, `--rebuild-state`,
 //! `georep status`, and crash safety with kill -9 — all with real
 //! registries and the real binary.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -10,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use georep::corpus::{Corpus, CorpusSpec, Preset};
-use georep::localreg::LocalRegistry;
+use georep::lab::corpus::{Corpus, CorpusSpec, Preset};
+use georep::lab::localreg::LocalRegistry;
 use georep::registry::Scope;
 use tokio::io::AsyncBufReadExt;
 

@@ -1,5 +1,7 @@
 //! `georep sync` against real registries: a primary and replicas started as
 //! `docker-registry` processes, the real binary, independent checks.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -7,7 +9,7 @@ use std::time::Duration;
 
 use common::proxy::{Fault, Faults, Proxy};
 use common::*;
-use georep::localreg::{LocalAuth, LocalOptions};
+use georep::lab::localreg::{LocalAuth, LocalOptions};
 use georep::registry::Scope;
 
 /// Every shape is copied verbatim to every region; a second pass uploads
@@ -412,7 +414,7 @@ async fn token_auth_primary_and_basic_auth_region() {
     .await;
 
     // Push through an authenticated client.
-    let corpus = georep::corpus::Corpus::generate(&quick_spec(16)).await;
+    let corpus = georep::lab::corpus::Corpus::generate(&quick_spec(16)).await;
     corpus
         .push(&client_as(&cluster.primary.url(), "tokenpass"))
         .await

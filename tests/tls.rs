@@ -3,13 +3,15 @@
 //! (mutual TLS). georep trusts a region only through `tls.ca_file` (or
 //! `insecure: true`), presents `client_cert_file`/`client_key_file` when
 //! asked, and says which registry failed and why when it cannot.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::{client, georep, sync_json};
-use georep::localreg::{LocalOptions, LocalRegistry, LocalTls};
+use georep::lab::localreg::{LocalOptions, LocalRegistry, LocalTls};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 
 struct Pki {
@@ -92,7 +94,7 @@ async fn https_regions_with_a_private_ca_and_mutual_tls() {
         .await
         .unwrap();
     assert!(https.url().starts_with("https://"));
-    georep::corpus::push_image(&client(&primary.url()), "team/app", "1", 200_000, 9)
+    georep::lab::corpus::push_image(&client(&primary.url()), "team/app", "1", 200_000, 9)
         .await
         .unwrap();
     let ca = format!("    tls:\n      ca_file: {}\n", pki.ca.display());

@@ -3,6 +3,8 @@
 //! password changes while the daemon runs for one region, a static bearer
 //! token for another — and no secret or issued token in the daemon's log,
 //! its status or metrics, or `georep wait`'s output.
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -12,8 +14,8 @@ use base64::Engine as _;
 use common::daemon::DaemonProc;
 use common::token::{self, TokenServer};
 use common::{Cluster, client_as, wait_for};
-use georep::corpus::push_image;
-use georep::localreg::{LocalAuth, LocalNotify, LocalOptions, free_port};
+use georep::lab::corpus::push_image;
+use georep::lab::localreg::{LocalAuth, LocalNotify, LocalOptions, free_port};
 
 const OLD_PASSWORD: &str = "Old-pw-4c1e77";
 const NEW_PASSWORD: &str = "New-pw-90ab2f";

@@ -1,17 +1,15 @@
 //! `georep bench`: throughput of georep against a raw baseline and skopeo,
-//! side by side (see [`crate::bench::runner`]), plus its two internal
+//! side by side (see [`crate::lab::bench::runner`]), plus its two internal
 //! helpers, `bench-child` and `bench-exec`.
-
-use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 
-use crate::bench::runner::{self, BenchOptions};
 use crate::cli::{BenchArgs, BenchChildArgs, BenchExecArgs};
-use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
-use crate::corpus::{CorpusSpec, Preset};
+use crate::commands::ExitStatus;
+use crate::lab::bench::runner::{self, BenchOptions};
+use crate::lab::corpus::{CorpusSpec, Preset};
 
-pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
     let (spec, custom) = corpus_spec(args)?;
     if args.regions == 0 {
         bail!("--regions must be at least 1");
@@ -52,20 +50,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let report = runner::run(&opts).await?;
     if let Some(path) = &args.svg {
-        let svg = crate::bench::output::svg(&report)?;
+        let svg = crate::lab::bench::output::svg(&report)?;
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("chart written to {}", path.display());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", crate::bench::output::render(&report));
+        print!("{}", crate::lab::bench::output::render(&report));
     }
-    Ok(exit(if report.ok() {
-        EXIT_OK
-    } else {
-        EXIT_WORK_FAILED
-    }))
+    Ok(ExitStatus::from_ok(report.ok()))
 }
 
 /// The preset's corpus with the explicit knobs applied; `true` if any was.
@@ -79,7 +73,7 @@ fn corpus_spec(args: &BenchArgs) -> anyhow::Result<(CorpusSpec, bool)> {
         if n == 0 {
             bail!("--repositories must be at least 1");
         }
-        spec.repositories = crate::corpus::bench_repositories(n);
+        spec.repositories = crate::lab::corpus::bench_repositories(n);
         custom = true;
     }
     let mut set = |field: &mut usize, v: Option<usize>| {
@@ -135,20 +129,21 @@ fn size_range(text: &str) -> Result<(u64, u64), String> {
 }
 
 /// `georep bench-child --plan F`.
-pub async fn child(args: &BenchChildArgs) -> anyhow::Result<ExitCode> {
-    let result = crate::bench::child::run(&args.plan).await?;
+pub async fn child(args: &BenchChildArgs) -> anyhow::Result<ExitStatus> {
+    let result = crate::lab::bench::child::run(&args.plan).await?;
     println!("{}", serde_json::to_string(&result)?);
-    Ok(exit(EXIT_OK))
+    Ok(ExitStatus::Success)
 }
 
 /// `georep bench-exec --out F -- CMD...`: exits as the command did.
-pub fn exec(args: &BenchExecArgs) -> anyhow::Result<ExitCode> {
-    let usage = crate::bench::child::exec(&args.out, &args.command)?;
-    Ok(exit(match usage.exit_code {
-        Some(0) => EXIT_OK,
-        Some(c) => u8::try_from(c).unwrap_or(EXIT_WORK_FAILED),
-        None => EXIT_WORK_FAILED,
-    }))
+pub fn exec(args: &BenchExecArgs) -> anyhow::Result<ExitStatus> {
+    let usage = crate::lab::bench::child::exec(&args.out, &args.command)?;
+    Ok(match usage.exit_code {
+        Some(0) => ExitStatus::Success,
+        Some(c) => u8::try_from(c).map_or(ExitStatus::Failure, ExitStatus::External),
+        // Killed by a signal.
+        None => ExitStatus::Failure,
+    })
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
 //! `georep check-config`: load and validate a config, print a summary.
 
-use std::process::ExitCode;
-
 use crate::cli::CheckConfigArgs;
-use crate::commands::{EXIT_OK, exit};
+use crate::commands::ExitStatus;
 use crate::config;
 
-pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitStatus> {
     let c = config::load(&args.config)?;
     println!(
         "{}: ok — primary {} ({}), {} region{}: {}",
@@ -21,5 +19,5 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(exit(EXIT_OK))
+    Ok(ExitStatus::Success)
 }

@@ -4,25 +4,24 @@
 //! with a HEAD in every region).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::cli::DemoArgs;
-use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
+use crate::commands::ExitStatus;
 use crate::config;
-use crate::corpus::{Corpus, CorpusSpec};
-use crate::engine::blob::human_bytes;
-use crate::engine::report::table;
 use crate::engine::{Engine, SyncOptions};
-use crate::localreg::{LocalOptions, LocalRegistry};
+use crate::lab::corpus::{Corpus, CorpusSpec};
+use crate::lab::localreg::{LocalOptions, LocalRegistry};
 use crate::registry::Scope;
+use crate::units::human_bytes;
+use crate::units::table;
 
 const PRIMARY: &str = "westeurope";
 const REGIONS: [&str; 2] = ["eastus", "japaneast"];
 
-pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let (dir, temporary) = crate::localreg::work_dir(args.dir.as_deref(), "georep-demo")?;
+pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
+    let (dir, temporary) = crate::lab::localreg::work_dir(args.dir.as_deref(), "georep-demo")?;
 
     eprintln!(
         "starting a primary and {} replica registries in {} ...",
@@ -135,11 +134,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     if temporary && !args.keep {
         remove_dir(dir);
     }
-    Ok(exit(if all_good && report.ok() {
-        EXIT_OK
-    } else {
-        EXIT_WORK_FAILED
-    }))
+    Ok(ExitStatus::from_ok(all_good && report.ok()))
 }
 
 fn remove_dir(dir: PathBuf) {

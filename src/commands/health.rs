@@ -1,14 +1,12 @@
 //! `georep health`: is the daemon up? A GET of its `/healthz`, for
 //! container health checks and probes that cannot run curl.
 
-use std::process::ExitCode;
-
 use anyhow::Context as _;
 
 use crate::cli::HealthArgs;
-use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
+use crate::commands::ExitStatus;
 
-pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitStatus> {
     let timeout = super::wait::parse_duration("--timeout", &args.timeout)?;
     let base = match (&args.url, &args.config) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
@@ -26,15 +24,15 @@ pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     match http.get(&url).send().await {
         Ok(resp) if resp.status().is_success() => {
             println!("{url}: healthy");
-            Ok(exit(EXIT_OK))
+            Ok(ExitStatus::Success)
         }
         Ok(resp) => {
             eprintln!("{url}: unhealthy ({})", resp.status());
-            Ok(exit(EXIT_WORK_FAILED))
+            Ok(ExitStatus::Failure)
         }
         Err(e) => {
             eprintln!("{url}: no answer: {e}");
-            Ok(exit(EXIT_WORK_FAILED))
+            Ok(ExitStatus::Failure)
         }
     }
 }

@@ -3,16 +3,14 @@
 //! While `georep run` holds the store, the same question goes to the
 //! daemon's `/v1/status` instead (its queues, lag and parked items).
 
-use std::process::ExitCode;
-
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
-use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
+use crate::commands::ExitStatus;
 use crate::config;
 use crate::engine::Engine;
-use crate::engine::report::table;
 use crate::store::{Store, format_unix, now_unix};
+use crate::units::table;
 
 /// One region's state as the store knows it.
 #[derive(Debug, Serialize)]
@@ -173,7 +171,7 @@ async fn from_daemon(
     config: &config::Config,
     json: bool,
     busy: crate::store::StoreError,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     use anyhow::Context;
     let listen: std::net::SocketAddr = config.daemon.listen.parse()?;
     let host = if listen.ip().is_unspecified() {
@@ -191,7 +189,7 @@ async fn from_daemon(
         value.set_sensitive(true);
         request = request.header(reqwest::header::AUTHORIZATION, value);
     }
-    let view: serde_json::Value = request
+    let view: crate::status::StatusView = request
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -199,7 +197,6 @@ async fn from_daemon(
         .json()
         .await
         .with_context(|| format!("reading {url}"))?;
-    let regions = view["regions"].as_array().cloned().unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
@@ -217,16 +214,16 @@ async fn from_daemon(
             .map(|s| s.to_string())
             .collect::<Vec<_>>(),
         ];
-        for r in &regions {
-            let text = |k: &str| r[k].as_str().unwrap_or("-").replace('\n', " ");
+        for r in &view.regions {
+            let text = |v: &Option<String>| v.as_deref().unwrap_or("-").replace('\n', " ");
             rows.push(vec![
-                text("name"),
-                r["lag_items"].to_string(),
-                format!("{:.1}s", r["lag_secs"].as_f64().unwrap_or(0.0)),
-                r["in_flight"].to_string(),
-                r["parked_count"].to_string(),
-                text("last_success_at"),
-                text("last_error"),
+                r.name.replace('\n', " "),
+                r.lag_items.to_string(),
+                format!("{:.1}s", r.lag_secs),
+                r.in_flight.to_string(),
+                r.parked_count.to_string(),
+                text(&r.last_success_at),
+                text(&r.last_error),
             ]);
         }
         print!(
@@ -235,11 +232,11 @@ async fn from_daemon(
         );
         println!("from the running daemon at {url}");
     }
-    let caught_up = regions.iter().all(|r| r["lag_items"] == 0);
-    Ok(exit(if caught_up { EXIT_OK } else { EXIT_WORK_FAILED }))
+    let caught_up = view.regions.iter().all(|r| r.lag_items == 0);
+    Ok(ExitStatus::from_ok(caught_up))
 }
 
-pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitStatus> {
     let config = config::load(&args.config)?;
     let path = crate::engine::store_path(&config);
     if !path.exists() {
@@ -248,7 +245,7 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             path.display(),
             args.config.display()
         );
-        return Ok(exit(EXIT_WORK_FAILED));
+        return Ok(ExitStatus::Failure);
     }
     let store = match Engine::open_store(&config) {
         Ok(s) => s,
@@ -267,9 +264,5 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         .regions
         .iter()
         .all(|r| r.tags_in_sync == r.tags_total && r.queued == 0);
-    Ok(exit(if all_in_sync {
-        EXIT_OK
-    } else {
-        EXIT_WORK_FAILED
-    }))
+    Ok(ExitStatus::from_ok(all_in_sync))
 }

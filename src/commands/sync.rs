@@ -1,14 +1,13 @@
 //! `georep sync`: one replication pass, a report, an exit code.
 
-use std::process::ExitCode;
-
 use anyhow::Context;
 
-use crate::cli::{LogFormat, ProgressMode, SyncArgs};
-use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
+use crate::cli::{LogFormat, SyncArgs};
+use crate::commands::ExitStatus;
 use crate::engine::{Engine, SyncOptions, store_path};
+use crate::progress::ProgressMode;
 
-pub async fn run(args: &SyncArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &SyncArgs, log_format: LogFormat) -> anyhow::Result<ExitStatus> {
     let config = super::load_with_state_dir(&args.config)?;
     if args.rebuild_state {
         let path = store_path(&config);
@@ -42,7 +41,7 @@ pub async fn run(args: &SyncArgs, log_format: LogFormat) -> anyhow::Result<ExitC
         (ProgressMode::Auto, LogFormat::Json) => ProgressMode::None,
         (m, _) => m,
     };
-    let report = super::sync_progress::with_progress(&engine, progress, pass).await;
+    let report = crate::progress::sync_progress(&engine, progress, pass).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -54,9 +53,5 @@ pub async fn run(args: &SyncArgs, log_format: LogFormat) -> anyhow::Result<ExitC
             }
         }
     }
-    Ok(exit(if report.ok() {
-        EXIT_OK
-    } else {
-        EXIT_WORK_FAILED
-    }))
+    Ok(ExitStatus::from_ok(report.ok()))
 }

@@ -3,13 +3,12 @@
 //! the image at the digest the primary has, then exits 0; exits 1 on
 //! timeout, naming the regions that lack it.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::cli::WaitArgs;
-use crate::commands::{EXIT_OK, EXIT_WORK_FAILED, exit};
+use crate::commands::ExitStatus;
 use crate::config;
 use crate::digest::Digest;
 use crate::registry::{Registry, Scope, http_client, names};
@@ -42,7 +41,7 @@ pub(crate) fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
     Duration::try_from(d).with_context(|| format!("{what} {s:?} must not be negative"))
 }
 
-pub async fn run(args: &WaitArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &WaitArgs) -> anyhow::Result<ExitStatus> {
     let config = config::load(&args.config)?;
     let (repo, reference) = parse_image(&args.image)?;
     let timeout = parse_duration("--timeout", &args.timeout)?;
@@ -93,7 +92,7 @@ pub async fn run(args: &WaitArgs) -> anyhow::Result<ExitCode> {
                 regions.len(),
                 want.map(|d| d.to_string()).unwrap_or_default()
             );
-            return Ok(exit(EXIT_OK));
+            return Ok(ExitStatus::Success);
         }
         if Instant::now() + interval > deadline {
             break;
@@ -106,7 +105,7 @@ pub async fn run(args: &WaitArgs) -> anyhow::Result<ExitCode> {
         args.image,
         lacking.join(", ")
     );
-    Ok(exit(EXIT_WORK_FAILED))
+    Ok(ExitStatus::Failure)
 }
 
 #[cfg(test)]

@@ -121,6 +121,7 @@ pub fn load_str(
         issues: Vec::new(),
         default_requests_per_sec: None,
         default_bytes_per_sec: None,
+        connect_timeout: Timeouts::default().connect,
         docker: None,
     };
     let config = v.config(path, file);
@@ -148,6 +149,8 @@ struct Validator<'a> {
     /// `limits:` defaults, applied to registries that set none.
     default_requests_per_sec: Option<u32>,
     default_bytes_per_sec: Option<u64>,
+    /// `timeouts.connect_secs`, for the registries' own clients.
+    connect_timeout: Duration,
 }
 
 impl Validator<'_> {
@@ -214,6 +217,26 @@ impl Validator<'_> {
             .total_max_bytes_per_sec
             .as_ref()
             .and_then(|v| self.size(v, "total_max_bytes_per_sec"));
+        let t = &file.timeouts;
+        let dt = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(self.positive(
+                &t.connect_secs,
+                "connect_secs",
+                dt.connect.as_secs(),
+            )),
+            request: Duration::from_secs(self.positive(
+                &t.request_secs,
+                "request_secs",
+                dt.request.as_secs(),
+            )),
+            stall: Duration::from_secs(self.positive(
+                &t.stall_secs,
+                "stall_secs",
+                dt.stall.as_secs(),
+            )),
+        };
+        self.connect_timeout = timeouts.connect;
         let primary = self.registry(&file.primary, "primary");
         let mut regions = Vec::new();
         if file.regions.value.is_empty() {
@@ -291,25 +314,6 @@ impl Validator<'_> {
                 "max_concurrent_blobs_per_region",
                 blobs,
             ),
-        };
-        let t = &file.timeouts;
-        let dt = Timeouts::default();
-        let timeouts = Timeouts {
-            connect: Duration::from_secs(self.positive(
-                &t.connect_secs,
-                "connect_secs",
-                dt.connect.as_secs(),
-            )),
-            request: Duration::from_secs(self.positive(
-                &t.request_secs,
-                "request_secs",
-                dt.request.as_secs(),
-            )),
-            stall: Duration::from_secs(self.positive(
-                &t.stall_secs,
-                "stall_secs",
-                dt.stall.as_secs(),
-            )),
         };
         let max_attempts = self.positive(&file.max_attempts, "max_attempts", DEFAULT_MAX_ATTEMPTS);
         let daemon = self.daemon(&file);
@@ -389,7 +393,21 @@ impl Validator<'_> {
                 );
             }
         }
-        let config = RegistryConfig {
+        // The client must build with this material (a key that does not
+        // match its certificate, say): find out now, with a line number,
+        // and keep it.
+        let client = match crate::http::client_with_tls(
+            tls.settings(insecure, &url),
+            self.connect_timeout,
+        ) {
+            Ok(client) => client,
+            Err(e) => {
+                let at = r.tls.as_ref().map_or(r.url.referenced, |t| t.referenced);
+                self.issue(at, format!("TLS settings of {role} {name:?}: {e}"));
+                return None;
+            }
+        };
+        Some(RegistryConfig {
             name: name.to_owned(),
             url,
             credentials,
@@ -399,15 +417,8 @@ impl Validator<'_> {
             max_bytes_per_sec,
             tls,
             insecure,
-        };
-        // The client must build with this material (a key that does not
-        // match its certificate, say): find out now, with a line number.
-        if let Err(e) = crate::registry::client_for(&config, &Timeouts::default()) {
-            let at = r.tls.as_ref().map_or(r.url.referenced, |t| t.referenced);
-            self.issue(at, format!("TLS settings of {role} {name:?}: {e}"));
-            return None;
-        }
-        Some(config)
+            client,
+        })
     }
 
     /// Credentials for a registry with none in this file, from the Docker

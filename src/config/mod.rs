@@ -191,6 +191,9 @@ pub struct RegistryConfig {
     /// Plain http to a non-loopback host allowed; https certificates not
     /// verified.
     pub insecure: bool,
+    /// A client of its own for the TLS settings, built when the config
+    /// loaded (so it is known to build); `None`: the shared client.
+    pub client: Option<reqwest::Client>,
 }
 
 /// TLS material of one registry, read and checked when the config loads.
@@ -205,6 +208,16 @@ pub struct Tls {
 impl Tls {
     pub fn is_default(&self) -> bool {
         self.ca_pem.is_none() && self.identity_pem.is_none()
+    }
+
+    /// These settings (and `insecure` on an https `url`) for the client
+    /// builder.
+    pub fn settings<'a>(&'a self, insecure: bool, url: &url::Url) -> crate::http::TlsSettings<'a> {
+        crate::http::TlsSettings {
+            ca_pem: self.ca_pem.as_deref(),
+            identity_pem: self.identity_pem.as_ref().map(|s| s.expose()),
+            accept_invalid_certs: insecure && url.scheme() == "https",
+        }
     }
 }
 
@@ -231,6 +244,7 @@ impl RegistryConfig {
             max_bytes_per_sec: None,
             tls: Tls::default(),
             insecure: false,
+            client: None,
         })
     }
 

@@ -16,11 +16,11 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::Shared;
 use crate::config::{Config, NotifyTarget};
+use crate::lock::Locked;
+use crate::metrics::Metrics;
 use crate::registry::retry::Backoff;
 use crate::shutdown::Signal;
-use crate::store::RegionId;
 use crate::store::queue::Queued;
 
 /// Notifications waiting to be sent, at most.
@@ -66,21 +66,18 @@ impl Notification {
         }
     }
 
-    pub fn replicated(shared: &Shared, r: RegionId, q: &Queued, latency_secs: f64) -> Notification {
+    /// `q` is in `region`.
+    pub fn replicated(region: &str, q: &Queued, latency_secs: f64) -> Notification {
         Notification {
-            region: Some(shared.engine.regions()[r].name().to_owned()),
+            region: Some(region.to_owned()),
             ..Notification::new("replicated", q, latency_secs)
         }
     }
 
-    pub fn complete(shared: &Shared, q: &Queued, latency_secs: f64) -> Notification {
+    /// `q` is in every one of `regions`.
+    pub fn complete(regions: Vec<String>, q: &Queued, latency_secs: f64) -> Notification {
         Notification {
-            regions: shared
-                .engine
-                .regions()
-                .iter()
-                .map(|r| r.name().to_owned())
-                .collect(),
+            regions,
             ..Notification::new("complete", q, latency_secs)
         }
     }
@@ -111,8 +108,13 @@ impl Notifier {
     }
 
     /// Starts the sender task (once).
-    pub fn spawn(&self, shared: Arc<Shared>, mut stop: Signal) -> tokio::task::JoinHandle<()> {
-        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    pub fn spawn(
+        self: &Arc<Self>,
+        metrics: Arc<Metrics>,
+        mut stop: Signal,
+    ) -> tokio::task::JoinHandle<()> {
+        let rx = self.rx.locked().take();
+        let notifier = self.clone();
         tokio::spawn(async move {
             let Some(rx) = rx else { return };
             let http = reqwest::Client::new();
@@ -123,12 +125,13 @@ impl Notifier {
                 );
             let sending = stream
                 .map(|n| {
-                    let shared = shared.clone();
+                    let notifier = notifier.clone();
+                    let metrics = metrics.clone();
                     let http = http.clone();
                     async move {
-                        for t in &shared.notifier.targets {
+                        for t in &notifier.targets {
                             if wants(t, n.event) {
-                                deliver(&shared, &http, t, &n).await;
+                                deliver(&metrics, &http, t, &n).await;
                             }
                         }
                     }
@@ -151,7 +154,7 @@ fn wants(t: &NotifyTarget, event: &str) -> bool {
     }
 }
 
-async fn deliver(shared: &Shared, http: &reqwest::Client, t: &NotifyTarget, n: &Notification) {
+async fn deliver(metrics: &Metrics, http: &reqwest::Client, t: &NotifyTarget, n: &Notification) {
     let backoff = Backoff {
         base: Duration::from_millis(500),
         max: Duration::from_secs(30),
@@ -164,18 +167,12 @@ async fn deliver(shared: &Shared, http: &reqwest::Client, t: &NotifyTarget, n: &
         }
         let failure = match req.send().await {
             Ok(resp) if resp.status().is_success() => {
-                shared
-                    .metrics
-                    .notifications_sent
-                    .fetch_add(1, Ordering::Relaxed);
+                metrics.notifications_sent.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Ok(resp) if resp.status().is_client_error() && resp.status() != 429 => {
                 tracing::warn!(url = %t.url, status = %resp.status(), "notification refused; not retried");
-                shared
-                    .metrics
-                    .notifications_failed
-                    .fetch_add(1, Ordering::Relaxed);
+                metrics.notifications_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Ok(resp) => format!("HTTP {}", resp.status()),
@@ -183,10 +180,7 @@ async fn deliver(shared: &Shared, http: &reqwest::Client, t: &NotifyTarget, n: &
         };
         if attempt == ATTEMPTS {
             tracing::warn!(url = %t.url, attempts = ATTEMPTS, "notification not delivered: {failure}");
-            shared
-                .metrics
-                .notifications_failed
-                .fetch_add(1, Ordering::Relaxed);
+            metrics.notifications_failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         tracing::debug!(url = %t.url, attempt, "notification failed, will retry: {failure}");

@@ -14,79 +14,17 @@
 //! Both maps are bounded ([`MAX_TRACKED`]); what does not fit is found by a
 //! later scan once the view runs dry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::queue::{Origin, Queued};
 use crate::store::{RegionId, Store};
+use crate::watch::doorbell::Hints;
 
 /// Items held in memory per region and map, at most.
 pub const MAX_TRACKED: usize = 10_000;
-/// Keys remembered per region between two dispatch rounds; beyond, the
-/// region is scanned again instead.
-const MAX_HINTS: usize = 4096;
 
 type Key = (String, String);
 type Priority = (Origin, u64, String, String);
-
-/// Keys whose items changed, per region, for the dispatcher to read again.
-pub struct Hints {
-    regions: Vec<Mutex<Hint>>,
-}
-
-#[derive(Default)]
-struct Hint {
-    keys: HashSet<Key>,
-    rescan: bool,
-}
-
-impl Hints {
-    pub fn new(regions: usize) -> Hints {
-        Hints {
-            regions: (0..regions).map(|_| Mutex::default()).collect(),
-        }
-    }
-
-    fn lock(&self, r: RegionId) -> std::sync::MutexGuard<'_, Hint> {
-        self.regions[r].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The item `repository:reference` of region `r` changed.
-    pub fn touch(&self, r: RegionId, repository: &str, reference: &str) {
-        let mut h = self.lock(r);
-        if h.rescan {
-            return;
-        }
-        if h.keys.len() >= MAX_HINTS {
-            h.keys.clear();
-            h.rescan = true;
-        } else {
-            h.keys.insert((repository.to_owned(), reference.to_owned()));
-        }
-    }
-
-    /// The item changed in `regions` (all when `None`).
-    pub fn touch_regions(&self, regions: Option<&[RegionId]>, repository: &str, reference: &str) {
-        for r in 0..self.regions.len() {
-            if regions.is_none_or(|only| only.contains(&r)) {
-                self.touch(r, repository, reference);
-            }
-        }
-    }
-
-    /// Many items changed: read every region's queue again.
-    pub fn rescan_all(&self) {
-        for r in 0..self.regions.len() {
-            let mut h = self.lock(r);
-            h.keys.clear();
-            h.rescan = true;
-        }
-    }
-
-    fn take(&self, r: RegionId) -> Hint {
-        std::mem::take(&mut *self.lock(r))
-    }
-}
 
 /// The dispatcher's view of every region's queue.
 pub struct Schedule {

@@ -17,22 +17,26 @@
 //! keep their reason (visible in `/v1/status`) and are retried at the next
 //! reconcile. Neither kind blocks the items behind it.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::Shared;
-use super::notify::Notification;
+use super::notify::{Notification, Notifier};
 use super::schedule::Schedule;
+use crate::config::Config;
+use crate::engine::Engine;
 use crate::engine::cause::{Cause, CauseKind};
-use crate::engine::plan::ImageJob;
+use crate::engine::listing::ImageJob;
+use crate::lock::Locked;
+use crate::metrics::Metrics;
 use crate::registry::retry::Backoff;
 use crate::shutdown::Signal;
 use crate::store::queue::{Action, Origin, Queued, WorkItem};
-use crate::store::{RegionId, now_unix_ms};
+use crate::store::{RegionId, StoreError, now_unix_ms};
+use crate::watch::doorbell::Doorbell;
 
 /// Slots per region only fresh pushes may use (beyond
 /// `max_concurrent_images`).
@@ -69,29 +73,90 @@ pub struct Gate {
     failures: u32,
 }
 
+/// Items being worked on: (region, repository, reference), since when.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashMap<(RegionId, String, String), Instant>>);
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(RegionId, String, String), Instant>> {
+        self.0.locked()
+    }
+
+    /// Items of region `r` being worked on.
+    pub fn count(&self, r: RegionId) -> usize {
+        self.lock().keys().filter(|(x, _, _)| *x == r).count()
+    }
+}
+
+/// The workers' state: what they copy with, whom they tell, and the
+/// bookkeeping of the work in flight.
+pub struct Workers {
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    doorbell: Arc<Doorbell>,
+    notifier: Arc<Notifier>,
+    in_flight: Arc<InFlight>,
+    /// Held while an item is finished and the other regions are checked.
+    completion: Mutex<()>,
+    /// Per region: not dispatched to before this time while unreachable.
+    gates: Vec<Mutex<Gate>>,
+}
+
+impl Workers {
+    pub fn new(
+        config: Arc<Config>,
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        doorbell: Arc<Doorbell>,
+        notifier: Arc<Notifier>,
+    ) -> Workers {
+        let regions = config.regions.len();
+        Workers {
+            config,
+            engine,
+            metrics,
+            doorbell,
+            notifier,
+            in_flight: Arc::default(),
+            completion: Mutex::new(()),
+            gates: (0..regions).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The work in flight, for the status.
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
+    }
+
+    fn gate(&self, r: RegionId) -> MutexGuard<'_, Gate> {
+        self.gates[r].locked()
+    }
+}
+
 /// Runs until `stop`, then drains in-flight groups within the grace
 /// period; what is not done stays queued for the next start.
-pub async fn run(shared: Arc<Shared>, mut stop: Signal) {
+pub async fn run(w: Arc<Workers>, mut stop: Signal) {
     // Retry times and the delete budget lived in the previous process:
     // what is queued is tried again now.
-    match shared.store().retry_all_now() {
+    match w.engine.store().retry_all_now() {
         Ok(0) => {}
         Ok(n) => tracing::info!(items = n, "resuming queued work"),
         Err(e) => tracing::warn!("rescheduling queued work failed: {e:#}"),
     }
-    let mut schedule = Schedule::new(shared.config.regions.len());
+    let mut schedule = Schedule::new(w.config.regions.len());
     let mut tasks: JoinSet<()> = JoinSet::new();
     loop {
         if stop.is_set() {
             break;
         }
-        let next_due = dispatch(&shared, &mut schedule, &mut tasks);
+        let next_due = dispatch(&w, &mut schedule, &mut tasks);
         let pause = next_due
             .map(|at| Duration::from_millis(at.saturating_sub(now_unix_ms())))
             .unwrap_or(IDLE_WAKE)
             .min(IDLE_WAKE);
         tokio::select! {
-            _ = shared.wake.notified() => {}
+            _ = w.doorbell.rung() => {}
             _ = tokio::time::sleep(pause) => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
@@ -101,7 +166,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: Signal) {
             _ = stop.wait() => break,
         }
     }
-    let grace = shared.config.daemon.shutdown_grace;
+    let grace = w.config.daemon.shutdown_grace;
     let in_flight = tasks.len();
     if in_flight > 0 {
         tracing::info!(in_flight, "waiting for in-flight copies");
@@ -122,20 +187,17 @@ pub async fn run(shared: Arc<Shared>, mut stop: Signal) {
 
 /// One dispatch round: fills every region's free slots. Returns when the
 /// next item (or gated region) is due.
-fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) -> Option<u64> {
+fn dispatch(w: &Arc<Workers>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) -> Option<u64> {
     let now = now_unix_ms();
-    let slots = shared.config.concurrency.images;
-    let store = shared.store();
+    let slots = w.config.concurrency.images;
+    let store = w.engine.store();
     let mut next_due: Option<u64> = None;
     let mut due_at = |t: u64| next_due = Some(next_due.map_or(t, |d: u64| d.min(t)));
     let mut groups: BTreeMap<GroupKey, Vec<(RegionId, Queued)>> = BTreeMap::new();
-    let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-    for r in 0..shared.config.regions.len() {
-        schedule.refresh(store, &shared.hints, r, now);
-        let gated = shared.gates[r]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .until_ms;
+    let mut in_flight = w.in_flight.lock();
+    for r in 0..w.config.regions.len() {
+        schedule.refresh(store, &w.doorbell.hints, r, now);
+        let gated = w.gate(r).until_ms;
         if gated > now {
             due_at(gated);
             continue;
@@ -176,13 +238,9 @@ fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<(
     // slot (up to twice their slots): one read serves them all, and
     // regions that drifted apart (a retry, a late hint) fall back in step.
     for (key, members) in groups.iter_mut() {
-        for r in 0..shared.config.regions.len() {
+        for r in 0..w.config.regions.len() {
             if members.iter().any(|(m, _)| *m == r)
-                || shared.gates[r]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .until_ms
-                    > now
+                || w.gate(r).until_ms > now
                 || in_flight.keys().filter(|(x, _, _)| *x == r).count() >= 2 * slots
                 || in_flight.contains_key(&(r, key.repository.clone(), key.reference.clone()))
             {
@@ -200,7 +258,7 @@ fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<(
     drop(in_flight);
     tracing::trace!(groups = groups.len(), ?next_due, "dispatch round");
     for (key, members) in groups {
-        let shared = shared.clone();
+        let w = w.clone();
         let span = tracing::info_span!(
             "item",
             repository = %key.repository,
@@ -209,8 +267,8 @@ fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<(
         );
         tasks.spawn(
             async move {
-                run_group(&shared, &key, members).await;
-                shared.wake.notify_one();
+                run_group(&w, &key, members).await;
+                w.doorbell.ring();
             }
             .instrument(span),
         );
@@ -218,12 +276,12 @@ fn dispatch(shared: &Arc<Shared>, schedule: &mut Schedule, tasks: &mut JoinSet<(
     next_due
 }
 
-async fn run_group(shared: &Shared, key: &GroupKey, members: Vec<(RegionId, Queued)>) {
+async fn run_group(w: &Workers, key: &GroupKey, members: Vec<(RegionId, Queued)>) {
     let regions: Vec<RegionId> = members.iter().map(|(r, _)| *r).collect();
     let digest = members[0].1.item.digest.clone();
     let fresh = key.origin == Origin::Event;
     let mut outcomes = crate::engine::FRESH
-        .scope(fresh, copy_group(shared, key, &regions, &digest))
+        .scope(fresh, copy_group(w, key, &regions, &digest))
         .await;
     for (r, q) in &members {
         let outcome = outcomes.remove(r).unwrap_or_else(|| {
@@ -232,11 +290,11 @@ async fn run_group(shared: &Shared, key: &GroupKey, members: Vec<(RegionId, Queu
                 message: "the copy gave no answer for this region".to_owned(),
             })
         });
-        record(shared, *r, q, outcome);
+        record(w, *r, q, outcome);
     }
     // Every member's slot frees at once, so the regions of this group pick
     // their next items in the same dispatch round and copy them together.
-    let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    let mut in_flight = w.in_flight.lock();
     for (r, q) in &members {
         in_flight.remove(&(*r, q.repository.clone(), q.reference.clone()));
     }
@@ -244,7 +302,7 @@ async fn run_group(shared: &Shared, key: &GroupKey, members: Vec<(RegionId, Queu
 
 /// Copies (or deletes) a group's item in each of its regions.
 async fn copy_group(
-    shared: &Shared,
+    w: &Workers,
     key: &GroupKey,
     regions: &[RegionId],
     digest: &crate::digest::Digest,
@@ -252,7 +310,7 @@ async fn copy_group(
     let mut outcomes: BTreeMap<RegionId, Outcome> = BTreeMap::new();
     match key.action {
         Action::Copy if key.reference == key.digest => {
-            for (r, res) in shared
+            for (r, res) in w
                 .engine
                 .copy_manifest_to(&key.repository, digest, regions)
                 .await
@@ -266,14 +324,14 @@ async fn copy_group(
                 digest: digest.clone(),
                 tags: vec![key.reference.clone()],
             };
-            for o in shared.engine.copy_image_to(&job, regions).await {
+            for o in w.engine.copy_image_to(&job, regions).await {
                 outcomes.insert(o.region, o.failure.map_or(Outcome::Done, Outcome::Failed));
             }
         }
         Action::Delete => {
-            let deletes = regions.iter().map(|&r| async move {
-                (r, delete(shared, r, &key.repository, &key.reference).await)
-            });
+            let deletes = regions
+                .iter()
+                .map(|&r| async move { (r, delete(w, r, &key.repository, &key.reference).await) });
             outcomes.extend(futures::future::join_all(deletes).await);
         }
     }
@@ -282,12 +340,12 @@ async fn copy_group(
 
 /// Deletes `repository@reference` (a digest, or a tag) in region `r`,
 /// within the hourly cap; a dry run only says what it would do.
-async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str) -> Outcome {
-    let region = &shared.engine.regions()[r];
+async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> Outcome {
+    let region = &w.engine.regions()[r];
     // A digest has a ':'; a tag cannot.
     let by_digest = reference.contains(':');
     let what = image_ref(repository, reference);
-    if shared.config.daemon.deletes_dry_run {
+    if w.config.daemon.deletes_dry_run {
         tracing::info!(
             region = %region.name(),
             "dry run: would delete {what} (deleted on the primary)"
@@ -298,18 +356,18 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
     // not reset it); removing a tag alone deletes no content and is not
     // capped.
     if by_digest {
-        match shared.store().take_delete(
-            r,
-            shared.config.daemon.max_deletes_per_hour,
-            now_unix_ms(),
-        ) {
+        match w
+            .engine
+            .store()
+            .take_delete(r, w.config.daemon.max_deletes_per_hour, now_unix_ms())
+        {
             Ok(Ok(())) => {}
             Ok(Err(wait_ms)) => {
                 return Outcome::Deferred(
                     Duration::from_millis(wait_ms),
                     format!(
                         "delete cap reached ({} per hour in region {})",
-                        shared.config.daemon.max_deletes_per_hour,
+                        w.config.daemon.max_deletes_per_hour,
                         region.name()
                     ),
                 );
@@ -324,7 +382,7 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
     }
     match region.delete_manifest(repository, reference).await {
         Ok(found) => {
-            let store = shared.store();
+            let store = w.engine.store();
             let forgotten = match reference.parse::<crate::digest::Digest>() {
                 Ok(d) => store.forget_manifest_and_tags(r, repository, &d),
                 Err(_) => store.forget_manifest(r, repository, reference),
@@ -333,7 +391,7 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
                 tracing::warn!("recording a delete failed: {e:#}");
             }
             if found {
-                shared.metrics.regions[r]
+                w.metrics.regions[r]
                     .deletes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(region = %region.name(), "deleted {what}");
@@ -361,16 +419,16 @@ async fn delete(shared: &Shared, r: RegionId, repository: &str, reference: &str)
 
 /// Records what became of item `q` in region `r`: removed from the queue
 /// when done, else rescheduled or parked with its reason.
-fn record(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
-    record_outcome(shared, r, q, outcome);
+fn record(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
+    record_outcome(w, r, q, outcome);
     // The dispatcher reads this key again: finished, waiting, or changed.
-    shared.hints.touch(r, &q.repository, &q.reference);
+    w.doorbell.hints.touch(r, &q.repository, &q.reference);
 }
 
-fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
-    let store = shared.store();
-    let region = shared.engine.regions()[r].name();
-    let m = &shared.metrics.regions[r];
+fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
+    let store = w.engine.store();
+    let region = w.engine.regions()[r].name();
+    let m = &w.metrics.regions[r];
     let what = image_ref(&q.repository, &q.reference);
     match outcome {
         Outcome::Done
@@ -383,10 +441,10 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
             }
             m.items_done
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            open_gate(shared, r);
+            open_gate(w, r);
             // One lock for finishing and the all-regions check, so exactly
             // one region's completion announces the image complete.
-            let _one = shared.completion.lock().unwrap_or_else(|e| e.into_inner());
+            let _one = w.completion.locked();
             let removed = match store.finish_item(r, q) {
                 Ok(removed) => removed,
                 Err(e) => {
@@ -394,22 +452,30 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
                     false
                 }
             };
-            let _ = store.record_outcome(r, None);
+            status_recorded(region, store.record_outcome(r, None));
             if !removed || !matches!(outcome, Outcome::Done) || q.item.origin != Origin::Event {
                 return;
             }
             let latency = latency_secs(q.item.event_ns);
             m.latency.observe(latency);
-            shared
-                .notifier
-                .send(Notification::replicated(shared, r, q, latency));
-            let complete = (0..shared.config.regions.len())
+            w.notifier.send(Notification::replicated(
+                w.engine.regions()[r].name(),
+                q,
+                latency,
+            ));
+            let complete = (0..w.config.regions.len())
                 .all(|x| !store.has_item(x, &q.repository, &q.reference));
             if complete {
-                shared.metrics.complete_latency.observe(latency);
-                shared
-                    .notifier
-                    .send(Notification::complete(shared, q, latency));
+                w.metrics.complete_latency.observe(latency);
+                w.notifier.send(Notification::complete(
+                    w.engine
+                        .regions()
+                        .iter()
+                        .map(|r| r.name().to_owned())
+                        .collect(),
+                    q,
+                    latency,
+                ));
                 tracing::info!(
                     latency_ms = (latency * 1000.0) as u64,
                     "{what} complete in every region"
@@ -424,19 +490,24 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
             };
             if q.item.last_error.as_deref() != Some(why.as_str()) {
                 tracing::warn!(%region, wait_secs = wait.as_secs(), "{what}: {why}; waiting");
-                let _ = store.record_outcome(r, Some(&format!("{what}: {why}")));
+                status_recorded(
+                    region,
+                    store.record_outcome(r, Some(&format!("{what}: {why}"))),
+                );
             }
-            let _ = store.update_item(r, q, &item);
+            if let Err(e) = store.update_item(r, q, &item) {
+                retry_time_lost(w, r, &what, wait, &e);
+            }
         }
         Outcome::Failed(cause) if cause.kind == CauseKind::Unreachable => {
             // An outage, not this item's fault: the item stays as it is,
             // the region waits, and a few items probe it later.
             m.error(cause.kind);
-            let mut gate = shared.gates[r].lock().unwrap_or_else(|e| e.into_inner());
+            let mut gate = w.gate(r);
             gate.failures = gate.failures.saturating_add(1);
             // Waiting longer than the breaker's own probing interval would
             // only delay noticing that the region is back.
-            let delay = retry_backoff(shared)
+            let delay = retry_backoff(w)
                 .delay(gate.failures, None)
                 .min(crate::registry::breaker::MAX_COOLDOWN);
             gate.until_ms = now_unix_ms() + delay.as_millis() as u64;
@@ -446,17 +517,17 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
                 tracing::debug!(%region, failures = gate.failures, retry_in_ms = delay.as_millis() as u64, "region still unreachable: {cause}");
             }
             drop(gate);
-            let _ = store.record_outcome(r, Some(&cause.message));
+            status_recorded(region, store.record_outcome(r, Some(&cause.message)));
         }
         Outcome::Failed(cause) => {
             m.error(cause.kind);
             let attempts = q.item.attempts.saturating_add(1);
             let park = match cause.kind {
                 CauseKind::Permanent => true,
-                CauseKind::Transient => attempts >= shared.config.daemon.park_after_attempts,
+                CauseKind::Transient => attempts >= w.config.daemon.park_after_attempts,
                 CauseKind::Unreachable | CauseKind::Gone => false,
             };
-            let delay = retry_backoff(shared).delay(attempts, None);
+            let delay = retry_backoff(w).delay(attempts, None);
             let item = WorkItem {
                 attempts,
                 not_before_ms: now_unix_ms() + delay.as_millis() as u64,
@@ -469,12 +540,34 @@ fn record_outcome(shared: &Shared, r: RegionId, q: &Queued, outcome: Outcome) {
             } else {
                 tracing::info!(%region, attempts, retry_in_ms = delay.as_millis() as u64, "{what} failed, will retry: {cause}");
             }
-            let _ = store.record_outcome(r, Some(&cause.message));
+            status_recorded(region, store.record_outcome(r, Some(&cause.message)));
             if let Err(e) = store.update_item(r, q, &item) {
-                tracing::warn!(%region, "recording the failure of {what} failed: {e:#}");
+                retry_time_lost(w, r, &what, delay, &e);
             }
         }
     }
+}
+
+/// A region's last success or error could not be recorded: said, and
+/// otherwise harmless (the next outcome records it again).
+fn status_recorded(region: &str, result: Result<(), StoreError>) {
+    if let Err(e) = result {
+        tracing::warn!(%region, "recording the region's last outcome failed: {e:#}");
+    }
+}
+
+/// An item's new retry time (or park) could not be recorded, so the store
+/// still says it is due now: the region pauses for the wait the item was
+/// given, instead of taking it again at once in a loop.
+fn retry_time_lost(w: &Workers, r: RegionId, what: &str, wait: Duration, e: &StoreError) {
+    let region = w.engine.regions()[r].name();
+    tracing::warn!(
+        %region,
+        wait_ms = wait.as_millis() as u64,
+        "recording the retry time of {what} failed; the region pauses instead: {e:#}"
+    );
+    let mut gate = w.gate(r);
+    gate.until_ms = gate.until_ms.max(now_unix_ms() + wait.as_millis() as u64);
 }
 
 /// `repo:tag` or `repo@digest`, for messages.
@@ -483,19 +576,19 @@ fn image_ref(repository: &str, reference: &str) -> String {
     format!("{repository}{sep}{reference}")
 }
 
-fn retry_backoff(shared: &Shared) -> Backoff {
+fn retry_backoff(w: &Workers) -> Backoff {
     Backoff {
         base: RETRY_BASE,
-        max: shared.config.daemon.retry_max,
+        max: w.config.daemon.retry_max,
         max_attempts: u32::MAX,
     }
 }
 
 /// Region `r` answered: lift its gate.
-fn open_gate(shared: &Shared, r: RegionId) {
-    let mut gate = shared.gates[r].lock().unwrap_or_else(|e| e.into_inner());
+fn open_gate(w: &Workers, r: RegionId) {
+    let mut gate = w.gate(r);
     if gate.failures > 0 {
-        tracing::info!(region = %shared.engine.regions()[r].name(), "region reachable again; catching up");
+        tracing::info!(region = %w.engine.regions()[r].name(), "region reachable again; catching up");
         *gate = Gate::default();
     }
 }

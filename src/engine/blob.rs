@@ -23,8 +23,8 @@ use super::Engine;
 use super::cause::Cause;
 use super::copy::RegionResults;
 use super::dry::BlobPlan;
+use super::facts::{RegionId, RepoState};
 use super::fanout::{Target, fan_out};
-use super::known::{RegionId, RepoState};
 use crate::registry::manifest::Descriptor;
 use crate::registry::retry::Backoff;
 use crate::registry::{Mount, RegistryError, Scope, UploadSession};
@@ -359,22 +359,11 @@ enum Presence {
 
 fn blob_cause(desc: &Descriptor, what: &str, e: &RegistryError) -> Cause {
     Cause::of(
-        format_args!("{what} blob {} ({})", desc.digest, human_bytes(desc.size)),
+        format_args!(
+            "{what} blob {} ({})",
+            desc.digest,
+            crate::units::human_bytes(desc.size)
+        ),
         e,
     )
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

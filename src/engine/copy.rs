@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::Engine;
 use super::cause::Cause;
-use super::known::{RegionId, RepoState};
-use super::plan::ImageJob;
+use super::facts::{RegionId, RepoState};
+use super::listing::ImageJob;
 use super::report::TagState;
 use crate::digest::Digest;
 use crate::registry::manifest::{Descriptor, Kind};
@@ -127,7 +127,7 @@ impl Engine {
 
     /// [`Engine::copy_image_once`], then once more for each region that
     /// refused a manifest for lacking content the store said it had (see
-    /// [`Facts::distrust`](super::known::Facts::distrust)): the second try
+    /// [`Facts::distrust`](super::facts::Facts::distrust)): the second try
     /// asks the region about everything instead of believing the store.
     async fn copy_image_inner(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
         let started = now_unix_ms();

@@ -12,8 +12,9 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::known::RegionId;
+use super::facts::RegionId;
 use crate::digest::Digest;
+use crate::lock::Locked;
 
 #[derive(Default)]
 pub struct Plan {
@@ -43,7 +44,7 @@ pub enum BlobPlan {
 impl Plan {
     /// Starts a pass: dry or not, nothing planned.
     pub fn begin(&self, dry_run: bool) {
-        *self.sets.lock().unwrap_or_else(|e| e.into_inner()) = Sets::default();
+        *self.sets.locked() = Sets::default();
         self.active.store(dry_run, Ordering::Relaxed);
     }
 
@@ -52,7 +53,7 @@ impl Plan {
     }
 
     pub fn blob(&self, r: RegionId, repo: &str, digest: &Digest) -> BlobPlan {
-        let mut s = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.sets.locked();
         if !s.blobs.insert((r, repo.to_owned(), digest.clone())) {
             BlobPlan::Planned
         } else if !s.digests.insert((r, digest.clone())) {
@@ -65,7 +66,7 @@ impl Plan {
     /// Plans manifest `digest` in `repo` of region `r`; `false` if it was
     /// planned already.
     pub fn manifest(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
-        let mut s = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.sets.locked();
         s.manifests.insert((r, repo.to_owned(), digest.clone()))
     }
 }

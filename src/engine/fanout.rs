@@ -26,7 +26,7 @@ use bytes::Bytes;
 use reqwest::Method;
 use tokio::sync::mpsc;
 
-use super::known::RegionId;
+use super::facts::RegionId;
 use crate::digest::Verifier;
 use crate::registry::error::display_url;
 use crate::registry::manifest::Descriptor;

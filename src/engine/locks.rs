@@ -10,6 +10,7 @@
 //! circle, and copies to disjoint sets of regions never wait at all —
 //! and manifest work per (repository, digest).
 
+use crate::lock::Locked;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,7 @@ pub struct KeyGuard<K: Eq + Hash + Clone> {
 impl<K: Eq + Hash + Clone> KeyedLocks<K> {
     pub async fn lock(&self, key: K) -> KeyGuard<K> {
         let mutex = {
-            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.map.locked();
             map.entry(key.clone()).or_default().clone()
         };
         let guard = mutex.lock_owned().await;
@@ -50,7 +51,7 @@ impl<K: Eq + Hash + Clone> KeyedLocks<K> {
 
     /// Keys currently locked or waited for.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.map.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,7 +61,7 @@ impl<K: Eq + Hash + Clone> KeyedLocks<K> {
 
 impl<K: Eq + Hash + Clone> Drop for KeyGuard<K> {
     fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.locked();
         // Release before checking, under the map lock: a new waiter must get
         // the mutex from the map, which we hold, so the count is stable.
         drop(self.lock.take());

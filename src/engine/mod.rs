@@ -1,6 +1,6 @@
 //! The replication engine: make every region match the primary.
 //!
-//! A pass lists the primary ([`plan`]), groups tags by the manifest they
+//! A pass lists the primary ([`listing`]), groups tags by the manifest they
 //! point at, and copies each such image ([`copy`]) to the regions whose tag
 //! differs: blobs first ([`blob`], one read fanned out to all regions that
 //! lack it, [`fanout`]), then child manifests by digest, bottom-up, then the
@@ -8,7 +8,7 @@
 //! content, even if the pass is killed midway (DESIGN invariant 3).
 //!
 //! Every step is idempotent: a region that already has a blob or manifest
-//! is detected (HEAD, or a fact learnt earlier in this process, [`known`])
+//! is detected (HEAD, or a fact learnt earlier in this process, [`facts`])
 //! and skipped, so running a pass again after any failure only does what is
 //! left.
 
@@ -16,10 +16,10 @@ pub mod blob;
 pub mod cause;
 pub mod copy;
 pub mod dry;
+pub mod facts;
 pub mod fanout;
-pub mod known;
+pub mod listing;
 pub mod locks;
-pub mod plan;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -34,7 +34,7 @@ use crate::config::{Concurrency, Config, RepositoryFilter, Timeouts};
 use crate::digest::Digest;
 use crate::registry::{Registry, StatsSnapshot, http_client};
 use crate::store::Store;
-use known::{Facts, RegionId, RegionRepos, RepoState};
+use facts::{Facts, RegionId, RegionRepos, RepoState};
 use locks::KeyedLocks;
 pub use report::{Failure, RegionReport, SyncReport, TagReport, TagState};
 
@@ -87,6 +87,28 @@ pub struct Engine {
     counters: Vec<RegionCounters>,
     /// A dry run's plan (inactive in a real pass).
     plan: dry::Plan,
+}
+
+/// Writes to one region, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyCounts {
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub blobs_mounted: u64,
+    pub manifests_pushed: u64,
+}
+
+impl std::ops::Sub for CopyCounts {
+    type Output = CopyCounts;
+    /// What was written between two readings (`self` the later one).
+    fn sub(self, before: CopyCounts) -> CopyCounts {
+        CopyCounts {
+            blobs_uploaded: self.blobs_uploaded - before.blobs_uploaded,
+            bytes_uploaded: self.bytes_uploaded - before.bytes_uploaded,
+            blobs_mounted: self.blobs_mounted - before.blobs_mounted,
+            manifests_pushed: self.manifests_pushed - before.manifests_pushed,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -211,8 +233,8 @@ impl Engine {
         self.facts.begin_pass(options.verify);
         self.plan.begin(options.dry_run);
         let before_primary = self.primary.stats();
-        let before: Vec<(StatsSnapshot, [u64; 4])> = (0..self.regions.len())
-            .map(|r| (self.regions[r].stats(), self.counter_values(r)))
+        let before: Vec<(StatsSnapshot, CopyCounts)> = (0..self.regions.len())
+            .map(|r| (self.regions[r].stats(), self.copied(r)))
             .collect();
 
         self.region_repos.clear();
@@ -322,7 +344,7 @@ impl Engine {
             .enumerate()
             .map(|(r, reg)| {
                 let (stats_before, counters_before) = &before[r];
-                let now = self.counter_values(r);
+                let copied = self.copied(r) - *counters_before;
                 RegionReport {
                     name: reg.name().to_owned(),
                     url: reg.url().to_owned(),
@@ -330,10 +352,10 @@ impl Engine {
                     tags_in_sync: per_region[r].0,
                     tags_copied: per_region[r].1,
                     tags_failed: per_region[r].2,
-                    blobs_uploaded: now[0] - counters_before[0],
-                    bytes_uploaded: now[1] - counters_before[1],
-                    blobs_mounted: now[2] - counters_before[2],
-                    manifests_pushed: now[3] - counters_before[3],
+                    blobs_uploaded: copied.blobs_uploaded,
+                    bytes_uploaded: copied.bytes_uploaded,
+                    blobs_mounted: copied.blobs_mounted,
+                    manifests_pushed: copied.manifests_pushed,
                     unreachable: reg.is_unreachable(),
                     requests: reg.stats().minus(stats_before),
                 }
@@ -364,8 +386,8 @@ impl Engine {
             tags_not_detailed,
             failures,
             elapsed_secs: started.elapsed().as_secs_f64(),
-            peak_rss_bytes: report::peak_rss_bytes(),
-            cpu_secs: report::cpu_secs(),
+            peak_rss_bytes: crate::resources::peak_rss_bytes(),
+            cpu_secs: crate::resources::cpu_secs(),
         }
     }
 
@@ -394,15 +416,14 @@ impl Engine {
         self.region_repos.clear();
     }
 
-    /// Region `r`'s totals since start: blobs uploaded, bytes uploaded,
-    /// blobs mounted, manifests pushed.
-    pub fn counter_values(&self, r: RegionId) -> [u64; 4] {
+    /// What the engine has written to region `r` since the process started.
+    pub fn copied(&self, r: RegionId) -> CopyCounts {
         let c = &self.counters[r];
-        [
-            c.blobs_uploaded.load(Ordering::Relaxed),
-            c.bytes_uploaded.load(Ordering::Relaxed),
-            c.blobs_mounted.load(Ordering::Relaxed),
-            c.manifests_pushed.load(Ordering::Relaxed),
-        ]
+        CopyCounts {
+            blobs_uploaded: c.blobs_uploaded.load(Ordering::Relaxed),
+            bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+            blobs_mounted: c.blobs_mounted.load(Ordering::Relaxed),
+            manifests_pushed: c.manifests_pushed.load(Ordering::Relaxed),
+        }
     }
 }

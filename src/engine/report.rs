@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::registry::StatsSnapshot;
+use crate::units::table;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SyncReport {
@@ -201,94 +202,5 @@ impl SyncReport {
         }
         let right = vec![false; rows[0].len()];
         table(&rows, &right)
-    }
-}
-
-/// Left- or right-aligned columns separated by two spaces.
-pub fn table(rows: &[Vec<String>], right_align: &[bool]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c > 0 {
-                line.push_str("  ");
-            }
-            let pad = widths[c].saturating_sub(cell.chars().count());
-            if right_align.get(c).copied().unwrap_or(false) {
-                line.push_str(&" ".repeat(pad));
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// CPU seconds (user + system) this process has used (Linux `/proc`).
-pub fn cpu_secs() -> Option<f64> {
-    process_cpu_secs("self")
-}
-
-/// CPU seconds (user + system) used by process `pid` ("self" for this one).
-pub fn process_cpu_secs(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces: state is field 3, utime 14 and stime 15 (1-based).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ is 100 on every Linux architecture georep builds for.
-    Some((utime + stime) as f64 / 100.0)
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`).
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_aligns() {
-        let rows = vec![
-            vec!["A".to_owned(), "N".to_owned()],
-            vec!["long".to_owned(), "1".to_owned()],
-            vec!["x".to_owned(), "100".to_owned()],
-        ];
-        assert_eq!(
-            table(&rows, &[false, true]),
-            "A       N\nlong    1\nx     100\n"
-        );
-    }
-
-    #[test]
-    fn peak_rss_and_cpu_are_known_on_linux() {
-        assert!(peak_rss_bytes().unwrap() > 0);
-        let t = std::time::Instant::now();
-        let mut x = 0u64;
-        while t.elapsed().as_millis() < 60 {
-            x = x.wrapping_add(std::hint::black_box(1));
-        }
-        assert!(cpu_secs().unwrap() > 0.0, "{x}");
     }
 }

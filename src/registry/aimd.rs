@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::lock::Locked;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Refusals closer together than this halve the limit once.
@@ -48,7 +49,7 @@ impl Aimd {
 
     /// The current limit.
     pub fn limit(&self) -> usize {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let held = self.held.locked().len();
         self.max - held - self.pending.load(Ordering::Relaxed)
     }
 
@@ -56,7 +57,7 @@ impl Aimd {
     /// Returns the new limit if it changed.
     pub fn refused(&self) -> Option<usize> {
         {
-            let mut last = self.last_decrease.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.last_decrease.locked();
             if last.is_some_and(|t| t.elapsed() < DECREASE_EVERY) {
                 return None;
             }
@@ -67,7 +68,7 @@ impl Aimd {
         if cut == 0 {
             return None;
         }
-        *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self.last_change.locked() = Some(Instant::now());
         self.pending.fetch_add(cut, Ordering::Relaxed);
         let (permits, held, pending) = (
             self.permits.clone(),
@@ -78,7 +79,7 @@ impl Aimd {
             for _ in 0..cut {
                 // The semaphore is never closed.
                 if let Ok(p) = permits.clone().acquire_owned().await {
-                    held.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+                    held.locked().push(p);
                 }
                 pending.fetch_sub(1, Ordering::Relaxed);
             }
@@ -90,19 +91,14 @@ impl Aimd {
     /// [`INCREASE_EVERY`], one slot more. Returns the new limit if it changed.
     pub fn answered(&self) -> Option<usize> {
         {
-            let mut last = self.last_change.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.last_change.locked();
             match *last {
                 None => return None,
                 Some(t) if t.elapsed() < INCREASE_EVERY => return None,
                 Some(_) => *last = Some(Instant::now()),
             }
         }
-        let released = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .is_some();
+        let released = self.held.locked().pop().is_some();
         released.then(|| self.limit())
     }
 }

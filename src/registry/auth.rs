@@ -28,6 +28,7 @@ use reqwest::header::HeaderValue;
 use super::error::{RegistryError, display_url};
 use super::stats::{Op, Stats};
 use crate::config::{CredentialHelper, Credentials, Secret};
+use crate::lock::Locked;
 
 /// Tokens that do not say how long they live are assumed to live this long
 /// (the distribution token spec's default).
@@ -292,7 +293,7 @@ impl Auth {
             Scheme::Basic => Ok(self.basic_header()),
             Scheme::Bearer { realm, service } => {
                 let slot = {
-                    let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut tokens = self.tokens.locked();
                     tokens.entry(scope.key()).or_default().clone()
                 };
                 let mut token = slot.lock().await;
@@ -363,7 +364,7 @@ impl Auth {
                 drop(scheme);
                 // Forget the token for this scope: it was refused (or never
                 // existed); the next header() fetches a new one.
-                let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                let tokens = self.tokens.locked();
                 if let Some(slot) = tokens.get(&scope.key())
                     && let Ok(mut t) = slot.try_lock()
                 {
@@ -416,10 +417,7 @@ impl Auth {
         tracing::info!("new credentials from {name}");
         *current = Some(fresh);
         drop(current);
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.tokens.locked().clear();
         true
     }
 

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::error::RegistryError;
+use crate::lock::Locked;
 
 /// Connection failures in a row that open the breaker.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
@@ -49,7 +50,7 @@ impl Breaker {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is three plain fields; a panic elsewhere cannot leave it
         // half-written in a way that matters.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Refuses a request while the breaker is open.

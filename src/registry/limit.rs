@@ -14,6 +14,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::lock::Locked;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// The largest piece metered at once.
@@ -84,7 +85,7 @@ impl Limits {
     /// Waits out a pause the registry asked for, then for a request slot.
     pub async fn request(&self) {
         loop {
-            let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            let until = *self.paused_until.locked();
             match until {
                 Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
                 _ => break,
@@ -115,7 +116,7 @@ impl Limits {
     /// before `now + d`.
     pub fn pause_for(&self, d: Duration) {
         let until = Instant::now() + d;
-        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.paused_until.locked();
         if p.is_none_or(|old| old < until) {
             *p = Some(until);
         }

@@ -23,7 +23,7 @@ pub mod retry;
 pub mod stats;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -127,48 +127,10 @@ pub struct ManifestHead {
     pub size: Option<u64>,
 }
 
-/// Options shared by every registry client in a process.
+/// The client shared by every registry without TLS settings of its own
+/// (see [`crate::http`]).
 pub fn http_client(timeouts: &Timeouts) -> reqwest::Client {
-    client_builder(timeouts)
-        .build()
-        // Building fails only if the TLS backend cannot initialise, which
-        // would make every registry unusable: nothing sensible to continue with.
-        .expect("HTTP client (TLS backend) failed to initialise")
-}
-
-fn client_builder(timeouts: &Timeouts) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .user_agent(concat!("georep/", env!("CARGO_PKG_VERSION")))
-}
-
-/// A client of its own for a registry with TLS settings (extra CAs besides
-/// the system roots, a client identity, `insecure`); `None` when the shared
-/// one will do. The config loader calls it to check the material.
-pub fn client_for(
-    config: &crate::config::RegistryConfig,
-    timeouts: &Timeouts,
-) -> Result<Option<reqwest::Client>, String> {
-    if config.tls.is_default() && !config.insecure {
-        return Ok(None);
-    }
-    let mut b = client_builder(timeouts);
-    if let Some(pem) = &config.tls.ca_pem {
-        for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("{e:#}"))? {
-            b = b.add_root_certificate(cert);
-        }
-    }
-    if let Some(pem) = &config.tls.identity_pem {
-        let id =
-            reqwest::Identity::from_pem(pem.expose().as_bytes()).map_err(|e| format!("{e:#}"))?;
-        b = b.identity(id);
-    }
-    if config.insecure && config.url.scheme() == "https" {
-        b = b.danger_accept_invalid_certs(true);
-    }
-    b.build().map(Some).map_err(|e| format!("{e:#}"))
+    crate::http::shared_client(timeouts.connect)
 }
 
 impl Registry {
@@ -180,15 +142,9 @@ impl Registry {
     ) -> Self {
         let stats = Arc::new(Stats::default());
         let display = config.display_url();
-        // The loader built this client once already: it builds.
-        let http = match client_for(config, &timeouts) {
-            Ok(Some(own)) => own,
-            Ok(None) => http,
-            Err(e) => {
-                tracing::error!(registry = %config.name, "TLS settings unusable, using defaults: {e}");
-                http
-            }
-        };
+        // A registry with TLS settings has the client the config loader
+        // built and checked for it.
+        let http = config.client.clone().unwrap_or(http);
         if config.insecure && config.url.scheme() == "https" {
             let url = &display;
             tracing::warn!(registry = %config.name, %url, "insecure: true: the registry's certificate is not verified");

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::lock::Locked;
 pub use time::{format_unix, now_unix, now_unix_ms};
 
 /// The layout this code writes and reads.
@@ -611,7 +612,7 @@ impl Store {
         r: RegionId,
         f: impl FnOnce(&mut RegionStatus) -> Option<T>,
     ) -> Result<Option<T>, StoreError> {
-        let _held = self.status_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _held = self.status_lock.locked();
         let mut s = self.region_status(r);
         let Some(out) = f(&mut s) else {
             return Ok(None);

@@ -1,4 +1,5 @@
-//! The audit: every `audit_interval_secs`, each region is asked whether it
+//! The audit: every `audit_interval_secs` (run by [`crate::background`]),
+//! each region is asked whether it
 //! still serves every tag georep recorded there.
 //!
 //! A reconcile compares the primary with the store and trusts the store's
@@ -19,29 +20,37 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use futures::future::join_all;
+use serde::{Deserialize, Serialize};
 
-use crate::daemon::Shared;
+use super::intake::Intake;
+use crate::background::{Activation, BackgroundTask};
+use crate::config::RepositoryFilter;
 use crate::digest::Digest;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::registry::Scope;
-use crate::shutdown::Signal;
 use crate::store::queue::{Action, Change, Origin, WorkItem};
-use crate::store::{RegionId, now_unix, now_unix_ms};
+use crate::store::{RegionId, Store, now_unix_ms};
 
 /// Tags of one repository asked about at once in one region.
 pub const AUDIT_CONCURRENCY: usize = 4;
 
-pub async fn run(shared: Arc<Shared>, mut stop: Signal) {
-    let Some(interval) = shared.config.daemon.audit_interval else {
-        tracing::info!("audits are off (audit_interval_secs: 0)");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.wait() => return,
-        }
-        audit(&shared).await;
-    }
+/// What the last audit found.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// (region, tag) pairs asked about.
+    #[serde(rename = "last_checked")]
+    pub checked: usize,
+    /// Of those, the ones a region did not serve as recorded (queued again).
+    #[serde(rename = "last_stale")]
+    pub stale: usize,
+}
+
+pub struct Audit {
+    pub engine: Arc<Engine>,
+    pub intake: Arc<Intake>,
+    pub metrics: Arc<Metrics>,
+    pub filter: RepositoryFilter,
 }
 
 /// What one region's audit found.
@@ -53,147 +62,227 @@ struct Found {
     error: Option<String>,
 }
 
-/// One audit of every region.
-pub async fn audit(shared: &Shared) {
-    let started = std::time::Instant::now();
-    {
-        let mut s = shared.audit.lock().unwrap_or_else(|e| e.into_inner());
-        s.running = true;
-        s.last_started_at = Some(now_unix());
-    }
-    let regions = (0..shared.config.regions.len()).map(|r| audit_region(shared, r));
-    let found = join_all(regions).await;
-    if let Err(e) = shared.store().flush().await {
-        tracing::warn!("audit: flushing the store failed: {e:#}");
-    }
-    let checked = found.iter().map(|f| f.checked).sum();
-    let stale = found.iter().map(|f| f.stale).sum();
-    let error = found.into_iter().find_map(|f| f.error);
-    shared.metrics.audits.fetch_add(1, Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(checked, stale, secs, "audit done");
-    let mut s = shared.audit.lock().unwrap_or_else(|e| e.into_inner());
-    s.running = false;
-    s.count += 1;
-    s.last_finished_at = Some(now_unix());
-    s.last_checked = checked;
-    s.last_stale = stale;
-    s.last_secs = secs;
-    s.last_error = error;
+/// What the audit makes of one tag the store says a region serves.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Served at the recorded digest.
+    Serves,
+    /// Missing from the region's listing, or served at another digest:
+    /// forgotten and copied again.
+    Stale,
+    /// The region could not be asked: nothing is concluded.
+    Unknown(String),
 }
 
-async fn audit_region(shared: &Shared, r: RegionId) -> Found {
-    let region = &shared.engine.regions()[r];
-    let store = shared.store();
-    let mut found = Found::default();
-    if region.is_unreachable() {
-        found.error = Some(format!(
-            "region {} ({}) is unreachable: not audited",
-            region.name(),
-            region.url()
-        ));
-        return found;
+/// The verdict on a tag from the region's answer to a manifest `HEAD`
+/// (`None`: not in the region's tag listing, so not asked).
+pub fn verdict<E: std::fmt::Display>(
+    recorded: &Digest,
+    head: Option<Result<Option<Digest>, E>>,
+) -> Verdict {
+    match head {
+        Some(Ok(Some(served))) if &served == recorded => Verdict::Serves,
+        None | Some(Ok(_)) => Verdict::Stale,
+        Some(Err(e)) => Verdict::Unknown(format!("{e:#}")),
     }
-    let filter = &shared.config.repositories;
-    // Repositories the config no longer selects are left alone, as the
-    // reconcile leaves them.
-    for repo in store
-        .primary_repositories()
+}
+
+/// The tags of `repo` the store says region `r` serves at the primary's
+/// digest: what the audit asks about. Tags the store does not say the
+/// region holds are the reconcile's business.
+pub fn held(store: &Store, r: RegionId, repo: &str) -> Vec<(String, Digest)> {
+    store
+        .primary_tags(repo)
         .into_iter()
-        .filter(|r| filter.allows(r))
-    {
-        // The tags the store says the region serves at the primary's digest.
-        let held: Vec<(String, Digest)> = store
-            .primary_tags(&repo)
-            .into_iter()
-            .filter(|(tag, t)| {
-                store
-                    .manifest(r, &repo, tag)
-                    .is_some_and(|f| f.digest == t.digest)
-            })
-            .map(|(tag, t)| (tag, t.digest))
-            .collect();
-        if held.is_empty() {
-            continue;
+        .filter(|(tag, t)| {
+            store
+                .manifest(r, repo, tag)
+                .is_some_and(|f| f.digest == t.digest)
+        })
+        .map(|(tag, t)| (tag, t.digest))
+        .collect()
+}
+
+impl BackgroundTask for Audit {
+    type Report = AuditReport;
+    const NAME: &'static str = "audit";
+
+    async fn activate(&self) -> Activation<AuditReport> {
+        let started = std::time::Instant::now();
+        let regions = (0..self.engine.regions().len()).map(|r| self.audit_region(r));
+        let found = join_all(regions).await;
+        if let Err(e) = self.intake.flush().await {
+            tracing::warn!("audit: flushing the store failed: {e:#}");
         }
-        // The scope copies use, so their cached token serves the audit too.
-        let scope = Scope::push(&repo);
-        let listed: HashSet<String> = match region.tags(&repo, &scope).await {
-            Ok(Some(tags)) => tags.into_iter().collect(),
-            Ok(None) => HashSet::new(),
-            Err(e) => {
-                found.error.get_or_insert_with(|| {
-                    format!(
-                        "listing the tags of {repo} in region {}: {e:#}",
-                        region.name()
-                    )
-                });
+        let checked = found.iter().map(|f| f.checked).sum();
+        let stale = found.iter().map(|f| f.stale).sum();
+        let error = found.into_iter().find_map(|f| f.error);
+        self.metrics.audits.fetch_add(1, Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(checked, stale, secs, "audit done");
+        Activation {
+            report: AuditReport { checked, stale },
+            error,
+        }
+    }
+}
+
+impl Audit {
+    async fn audit_region(&self, r: RegionId) -> Found {
+        let region = &self.engine.regions()[r];
+        let store = self.engine.store();
+        let mut found = Found::default();
+        if region.is_unreachable() {
+            found.error = Some(format!(
+                "region {} ({}) is unreachable: not audited",
+                region.name(),
+                region.url()
+            ));
+            return found;
+        }
+        // Repositories the config no longer selects are left alone, as the
+        // reconcile leaves them.
+        for repo in store
+            .primary_repositories()
+            .into_iter()
+            .filter(|r| self.filter.allows(r))
+        {
+            let held = held(store, r, &repo);
+            if held.is_empty() {
                 continue;
             }
-        };
-        found.checked += held.len();
-        let asks = futures::stream::iter(held)
-            .map(|(tag, digest)| {
-                let scope = &scope;
-                let repo = &repo;
-                let listed = &listed;
-                async move {
-                    if !listed.contains(&tag) {
-                        return (tag, digest, Ok(false));
-                    }
-                    let head = region.head_manifest(repo, &tag, scope).await;
-                    let serves = head.map(|h| h.is_some_and(|h| h.digest == digest));
-                    (tag, digest, serves)
-                }
-            })
-            .buffer_unordered(AUDIT_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
-        let mut stale: Vec<Change> = Vec::new();
-        for (tag, digest, serves) in asks {
-            match serves {
-                Ok(true) => {}
-                Ok(false) => {
-                    if let Err(e) = store.forget_manifest(r, &repo, &tag) {
-                        tracing::warn!("audit: forgetting {repo}:{tag} failed: {e:#}");
-                    }
-                    stale.push(Change {
-                        repository: repo.clone(),
-                        reference: tag,
-                        item: WorkItem::new(
-                            Action::Copy,
-                            digest,
-                            Origin::Reconcile,
-                            0,
-                            now_unix_ms(),
-                        ),
-                        regions: Some(vec![r]),
-                    });
-                }
+            // The scope copies use, so their cached token serves the audit too.
+            let scope = Scope::push(&repo);
+            let listed: HashSet<String> = match region.tags(&repo, &scope).await {
+                Ok(Some(tags)) => tags.into_iter().collect(),
+                Ok(None) => HashSet::new(),
                 Err(e) => {
                     found.error.get_or_insert_with(|| {
-                        format!("checking {repo}:{tag} in region {}: {e:#}", region.name())
+                        format!(
+                            "listing the tags of {repo} in region {}: {e:#}",
+                            region.name()
+                        )
                     });
+                    continue;
+                }
+            };
+            found.checked += held.len();
+            let asks = futures::stream::iter(held)
+                .map(|(tag, digest)| {
+                    let scope = &scope;
+                    let repo = &repo;
+                    let listed = listed.contains(&tag);
+                    async move {
+                        let head = if listed {
+                            Some(
+                                region
+                                    .head_manifest(repo, &tag, scope)
+                                    .await
+                                    .map(|h| h.map(|h| h.digest)),
+                            )
+                        } else {
+                            None
+                        };
+                        let verdict = verdict(&digest, head);
+                        (tag, digest, verdict)
+                    }
+                })
+                .buffer_unordered(AUDIT_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await;
+            let mut stale: Vec<Change> = Vec::new();
+            for (tag, digest, verdict) in asks {
+                match verdict {
+                    Verdict::Serves => {}
+                    Verdict::Stale => {
+                        if let Err(e) = store.forget_manifest(r, &repo, &tag) {
+                            tracing::warn!("audit: forgetting {repo}:{tag} failed: {e:#}");
+                        }
+                        stale.push(Change {
+                            repository: repo.clone(),
+                            reference: tag,
+                            item: WorkItem::new(
+                                Action::Copy,
+                                digest,
+                                Origin::Reconcile,
+                                0,
+                                now_unix_ms(),
+                            ),
+                            regions: Some(vec![r]),
+                        });
+                    }
+                    Verdict::Unknown(e) => {
+                        found.error.get_or_insert_with(|| {
+                            format!("checking {repo}:{tag} in region {}: {e}", region.name())
+                        });
+                    }
                 }
             }
+            if stale.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                region = %region.name(),
+                "audit: {} does not serve {} tag(s) of {repo} that georep copied there \
+                 (e.g. {}): copying them again",
+                region.url(),
+                stale.len(),
+                stale[0].reference
+            );
+            self.engine.distrust(r, &repo);
+            found.stale += stale.len();
+            self.metrics.regions[r]
+                .audit_stale
+                .fetch_add(stale.len() as u64, Ordering::Relaxed);
+            let n = stale.len();
+            if let Err(e) = self.intake.changes(&mut stale) {
+                tracing::warn!("audit: queueing {n} changes failed: {e:#}");
+            }
         }
-        if stale.is_empty() {
-            continue;
-        }
-        tracing::warn!(
-            region = %region.name(),
-            "audit: {} does not serve {} tag(s) of {repo} that georep copied there \
-             (e.g. {}): copying them again",
-            region.url(),
-            stale.len(),
-            stale[0].reference
-        );
-        shared.engine.distrust(r, &repo);
-        found.stale += stale.len();
-        shared.metrics.regions[r]
-            .audit_stale
-            .fetch_add(stale.len() as u64, Ordering::Relaxed);
-        super::poller::flush(shared, &mut stale);
+        found
     }
-    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_is_stale_when_unlisted_or_served_at_another_digest() {
+        let recorded = Digest::sha256_of(b"v1");
+        let other = Digest::sha256_of(b"v2");
+        let served = |d: &Digest| Some(Ok::<_, String>(Some(d.clone())));
+        assert_eq!(verdict(&recorded, served(&recorded)), Verdict::Serves);
+        assert_eq!(verdict(&recorded, served(&other)), Verdict::Stale);
+        assert_eq!(
+            verdict(&recorded, Some(Ok::<_, String>(None))),
+            Verdict::Stale,
+            "listed, but the manifest is gone"
+        );
+        assert_eq!(
+            verdict(&recorded, None::<Result<_, String>>),
+            Verdict::Stale,
+            "not in the listing"
+        );
+        assert_eq!(
+            verdict(&recorded, Some(Err::<Option<Digest>, _>("503"))),
+            Verdict::Unknown("503".to_owned()),
+            "a failed question is no evidence"
+        );
+    }
+
+    #[test]
+    fn only_tags_recorded_at_the_primarys_digest_are_asked_about() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names = [("a".to_owned(), "http://127.0.0.1:1".to_owned())];
+        let store = Store::open(&dir.path().join("store"), &names).expect("store");
+        let d1 = Digest::sha256_of(b"1");
+        let d2 = Digest::sha256_of(b"2");
+        for (tag, d) in [("same", &d1), ("moved", &d2), ("never", &d1)] {
+            store.record_primary_tag("app", tag, d, None).expect("fact");
+        }
+        store.record_manifest(0, "app", "same", &d1).expect("fact");
+        store.record_manifest(0, "app", "moved", &d1).expect("fact");
+        assert_eq!(held(&store, 0, "app"), vec![("same".to_owned(), d1)]);
+    }
 }

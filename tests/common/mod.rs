@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use georep::config::{RegistryConfig, Timeouts};
-use georep::corpus::{Corpus, CorpusSpec, Preset};
 use georep::digest::Digest;
-use georep::localreg::{LocalOptions, LocalRegistry};
+use georep::lab::corpus::{Corpus, CorpusSpec, Preset};
+use georep::lab::localreg::{LocalOptions, LocalRegistry};
 use georep::registry::{Registry, Scope, http_client};
 
 pub const REGION_NAMES: [&str; 3] = ["eastus", "japaneast", "brazilsouth"];
@@ -65,7 +65,7 @@ impl Cluster {
         Self::start_with(
             regions,
             LocalOptions {
-                notify: Some(georep::localreg::LocalNotify {
+                notify: Some(georep::lab::localreg::LocalNotify {
                     url: format!("http://127.0.0.1:{port}/v1/notifications"),
                     authorization: auth.map(str::to_owned),
                 }),
@@ -152,10 +152,10 @@ pub fn client_as(url: &str, password: &str) -> Registry {
 /// Panics unless the region at `url` holds the whole corpus, every blob
 /// read back and hashed.
 pub async fn assert_identical(url: &str, corpus: &Corpus) {
-    georep::bench::verify::region(
+    georep::lab::bench::verify::region(
         &client(url),
         corpus,
-        georep::bench::verify::Expect::Images,
+        georep::lab::bench::verify::Expect::Images,
         true,
     )
     .await
@@ -234,7 +234,7 @@ pub async fn verify_tags(
     primary_url: &str,
     region_url: &str,
     corpus: &Corpus,
-    which: impl Fn(&georep::corpus::TagRef) -> bool,
+    which: impl Fn(&georep::lab::corpus::TagRef) -> bool,
 ) -> Result<(), String> {
     let primary = client(primary_url);
     let region = client(region_url);

@@ -7,6 +7,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::engine::CopyCounts;
 use crate::engine::cause::CauseKind;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -170,8 +171,7 @@ pub struct RegionGauges<'a> {
     pub parked: usize,
     pub in_flight: usize,
     pub lag_secs: f64,
-    /// blobs uploaded, bytes uploaded, blobs mounted, manifests pushed.
-    pub counters: [u64; 4],
+    pub copied: CopyCounts,
 }
 
 /// A label value, escaped as the text format asks.
@@ -202,25 +202,25 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
             "georep_blobs_copied_total",
             "counter",
             "Blobs uploaded to the region.",
-            |g, _| g.counters[0] as f64,
+            |g, _| g.copied.blobs_uploaded as f64,
         ),
         (
             "georep_bytes_copied_total",
             "counter",
             "Blob bytes uploaded to the region.",
-            |g, _| g.counters[1] as f64,
+            |g, _| g.copied.bytes_uploaded as f64,
         ),
         (
             "georep_blobs_mounted_total",
             "counter",
             "Blobs mounted from another repository of the region.",
-            |g, _| g.counters[2] as f64,
+            |g, _| g.copied.blobs_mounted as f64,
         ),
         (
             "georep_manifests_pushed_total",
             "counter",
             "Manifests pushed to the region (by tag or digest).",
-            |g, _| g.counters[3] as f64,
+            |g, _| g.copied.manifests_pushed as f64,
         ),
         (
             "georep_queue_depth",
@@ -391,7 +391,12 @@ mod tests {
                 parked: 1,
                 in_flight: 2,
                 lag_secs: 1.5,
-                counters: [1, 2, 3, 4],
+                copied: CopyCounts {
+                    blobs_uploaded: 1,
+                    bytes_uploaded: 2,
+                    blobs_mounted: 3,
+                    manifests_pushed: 4,
+                },
             }],
         );
         assert!(text.contains("georep_queue_depth{region=\"east\\\"us\"} 3"));

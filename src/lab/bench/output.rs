@@ -8,8 +8,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::runner::{BenchReport, RunKind, RunResult};
-use crate::engine::blob::human_bytes;
-use crate::engine::report::table;
+use crate::units::human_bytes;
+use crate::units::table;
 
 /// The aligned report.
 pub fn render(report: &BenchReport) -> String {

@@ -135,7 +135,7 @@ impl LocalRegistry {
 
     /// CPU seconds (user + system) the registry process has used so far.
     pub fn cpu_secs(&self) -> Option<f64> {
-        crate::engine::report::process_cpu_secs(&self.pid()?.to_string())
+        crate::resources::process_cpu_secs(&self.pid()?.to_string())
     }
 
     /// The registry's log so far.

@@ -13,8 +13,8 @@ use std::collections::HashSet;
 
 use futures::StreamExt;
 
-use crate::corpus::Corpus;
 use crate::digest::{Digest, Verifier};
+use crate::lab::corpus::Corpus;
 use crate::registry::{Registry, Scope};
 
 /// Blobs read back at once per region.

@@ -110,8 +110,8 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<ChildResult> {
         ChildTask::Raw { blobs } => raw(&config, blobs, plan.concurrency).await,
         ChildTask::Sync => sync(&config).await?,
     };
-    result.peak_rss_bytes = crate::engine::report::peak_rss_bytes();
-    result.cpu_secs = crate::engine::report::cpu_secs();
+    result.peak_rss_bytes = crate::resources::peak_rss_bytes();
+    result.cpu_secs = crate::resources::cpu_secs();
     Ok(result)
 }
 
@@ -144,7 +144,7 @@ async fn sync(config: &Config) -> anyhow::Result<ChildResult> {
     let regions = config.regions.len();
     let uploaded = || {
         (0..regions)
-            .map(|r| engine.counter_values(r)[1])
+            .map(|r| engine.copied(r).bytes_uploaded)
             .sum::<u64>()
     };
     let started = Instant::now();

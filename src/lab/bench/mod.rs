@@ -15,7 +15,6 @@
 
 pub mod child;
 pub mod output;
-pub mod progress;
 pub mod runner;
 pub mod skopeo;
 pub mod target;
@@ -30,7 +29,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::{RegistryConfig, Timeouts};
-use crate::corpus::Corpus;
+use crate::lab::corpus::Corpus;
 use crate::registry::{Registry, RegistryError, http_client};
 
 /// Chunks queued per region in the baseline's tee (as in georep's fan-out).
@@ -193,8 +192,8 @@ pub async fn raw_copy_image(
 /// A local primary and `regions` replicas, and a georep config naming them
 /// (`state_dir` inside `dir`), for the benchmarks.
 pub struct LocalSetup {
-    pub primary: crate::localreg::LocalRegistry,
-    pub replicas: Vec<crate::localreg::LocalRegistry>,
+    pub primary: crate::lab::localreg::LocalRegistry,
+    pub replicas: Vec<crate::lab::localreg::LocalRegistry>,
     pub config: std::path::PathBuf,
 }
 
@@ -209,7 +208,7 @@ impl LocalSetup {
             dir,
             regions,
             extra_yaml,
-            crate::localreg::LocalOptions::default(),
+            crate::lab::localreg::LocalOptions::default(),
         )
         .await
     }
@@ -220,9 +219,9 @@ impl LocalSetup {
         dir: &std::path::Path,
         regions: usize,
         extra_yaml: &str,
-        primary: crate::localreg::LocalOptions,
+        primary: crate::lab::localreg::LocalOptions,
     ) -> anyhow::Result<LocalSetup> {
-        use crate::localreg::{LocalOptions, LocalRegistry};
+        use crate::lab::localreg::{LocalOptions, LocalRegistry};
         let primary = LocalRegistry::start(&dir.join("primary"), primary).await?;
         let mut replicas = Vec::new();
         for i in 0..regions {

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use crate::digest::Digest;
+use crate::lock::Locked;
 pub use crate::store::RegionId;
 use crate::store::{Store, StoreError, now_unix_ms};
 
@@ -74,7 +75,7 @@ impl Facts {
     }
 
     fn distrusted_at(&self, r: RegionId, repo: &str) -> Option<u64> {
-        let map = self.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.distrusted.locked();
         if map.is_empty() {
             return None;
         }
@@ -87,8 +88,7 @@ impl Facts {
     /// rewrite the store).
     pub fn distrust(&self, r: RegionId, repo: &str) {
         self.distrusted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .insert((r, repo.to_owned()), now_unix_ms());
     }
 
@@ -230,7 +230,7 @@ impl RegionRepos {
         list: impl std::future::Future<Output = RepoState>,
     ) -> RepoState {
         let cell = {
-            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.map.locked();
             map.entry((region, repository.to_owned()))
                 .or_default()
                 .clone()
@@ -240,7 +240,7 @@ impl RegionRepos {
 
     /// Forgets every listing: a new pass lists again.
     pub fn clear(&self) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.map.locked().clear();
     }
 }
 

@@ -9,8 +9,8 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 use crate::config::Config;
-use crate::corpus::Corpus;
-use crate::localreg::LocalRegistry;
+use crate::lab::corpus::Corpus;
+use crate::lab::localreg::LocalRegistry;
 use crate::registry::{Registry, RegistryError, http_client};
 
 /// The repository prefix the benchmark owns on an operator's registries.

@@ -20,11 +20,11 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 
 use super::child::{ChildPlan, ChildResult, ChildTask, PROGRESS_PREFIX};
-use super::progress::{Phase, Progress, ProgressMode};
 use super::target::{PREFIX, ServerRequests, Target};
 use super::verify::{self, Expect};
-use crate::corpus::{Corpus, CorpusSpec};
-use crate::engine::blob::human_bytes;
+use crate::lab::corpus::{Corpus, CorpusSpec};
+use crate::progress::{Phase, Progress, ProgressMode};
+use crate::units::human_bytes;
 
 /// Whether skopeo runs as a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -205,7 +205,7 @@ impl Drop for TempDir {
 
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let progress = Progress::new(opts.progress);
-    let (dir, temporary) = crate::localreg::work_dir(opts.dir.as_deref(), "georep-bench")?;
+    let (dir, temporary) = crate::lab::localreg::work_dir(opts.dir.as_deref(), "georep-bench")?;
     // Declared before the registries: dropped (removed) after they stop.
     let _cleanup = TempDir((temporary && !opts.keep).then(|| dir.clone()));
 
