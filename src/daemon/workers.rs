@@ -27,9 +27,9 @@ use tracing::Instrument;
 use super::notify::{Notification, Notifier};
 use super::schedule::Schedule;
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::engine::cause::{Cause, CauseKind};
 use crate::engine::listing::ImageJob;
+use crate::engine::{Engine, Pass, Priority};
 use crate::lock::Locked;
 use crate::metrics::Metrics;
 use crate::registry::retry::Backoff;
@@ -279,10 +279,11 @@ fn dispatch(w: &Arc<Workers>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) 
 async fn run_group(w: &Workers, key: &GroupKey, members: Vec<(RegionId, Queued)>) {
     let regions: Vec<RegionId> = members.iter().map(|(r, _)| *r).collect();
     let digest = members[0].1.item.digest.clone();
-    let fresh = key.origin == Origin::Event;
-    let mut outcomes = crate::engine::FRESH
-        .scope(fresh, copy_group(w, key, &regions, &digest))
-        .await;
+    let pass = Pass::new(match key.origin {
+        Origin::Event => Priority::Fresh,
+        Origin::Reconcile => Priority::Backfill,
+    });
+    let mut outcomes = copy_group(w, &pass, key, &regions, &digest).await;
     for (r, q) in &members {
         let outcome = outcomes.remove(r).unwrap_or_else(|| {
             Outcome::Failed(Cause {
@@ -303,6 +304,7 @@ async fn run_group(w: &Workers, key: &GroupKey, members: Vec<(RegionId, Queued)>
 /// Copies (or deletes) a group's item in each of its regions.
 async fn copy_group(
     w: &Workers,
+    pass: &Pass,
     key: &GroupKey,
     regions: &[RegionId],
     digest: &crate::digest::Digest,
@@ -312,7 +314,7 @@ async fn copy_group(
         Action::Copy if key.reference == key.digest => {
             for (r, res) in w
                 .engine
-                .copy_manifest_to(&key.repository, digest, regions)
+                .copy_manifest_to(pass, &key.repository, digest, regions)
                 .await
             {
                 outcomes.insert(r, res.map_or_else(Outcome::Failed, |()| Outcome::Done));
@@ -324,7 +326,7 @@ async fn copy_group(
                 digest: digest.clone(),
                 tags: vec![key.reference.clone()],
             };
-            for o in w.engine.copy_image_to(&job, regions).await {
+            for o in w.engine.copy_image_to(pass, &job, regions).await {
                 outcomes.insert(o.region, o.failure.map_or(Outcome::Done, Outcome::Failed));
             }
         }

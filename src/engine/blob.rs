@@ -25,6 +25,7 @@ use super::copy::RegionResults;
 use super::dry::BlobPlan;
 use super::facts::{RegionId, RepoState};
 use super::fanout::{Target, fan_out};
+use super::pass::Pass;
 use crate::registry::manifest::Descriptor;
 use crate::registry::retry::Backoff;
 use crate::registry::{Mount, RegistryError, Scope, UploadSession};
@@ -32,18 +33,20 @@ use crate::registry::{Mount, RegistryError, Scope, UploadSession};
 impl Engine {
     pub async fn ensure_blob(
         &self,
+        pass: &Pass,
         repo: &str,
         desc: Descriptor,
         regions: &[RegionId],
     ) -> RegionResults {
         let span = tracing::debug_span!("blob", digest = %desc.digest.short(), size = desc.size);
-        self.ensure_blob_inner(repo, &desc, regions)
+        self.ensure_blob_inner(pass, repo, &desc, regions)
             .instrument(span)
             .await
     }
 
     async fn ensure_blob_inner(
         &self,
+        pass: &Pass,
         repo: &str,
         desc: &Descriptor,
         regions: &[RegionId],
@@ -62,7 +65,7 @@ impl Engine {
         // Present already? The store may know; a region that does not know
         // the repository at all is not asked (see the mount below).
         let heads = regions.iter().map(|&r| async move {
-            if self.facts.has_blob(r, repo, digest) {
+            if self.facts.has_blob(pass, r, repo, digest) {
                 return (r, Ok(Presence::Present));
             }
             if matches!(self.repo_state(r, repo).await, RepoState::Absent) {
@@ -103,10 +106,10 @@ impl Engine {
         if pending.is_empty() {
             return results;
         }
-        if self.plan.active() {
+        if let Some(plan) = pass.plan() {
             for r in pending {
                 let c = &self.counters[r];
-                match self.plan.blob(r, repo, digest) {
+                match plan.blob(r, repo, digest) {
                     BlobPlan::Planned => {}
                     BlobPlan::New if self.facts.mount_source(r, digest, repo).is_none() => {
                         c.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
@@ -190,11 +193,11 @@ impl Engine {
             }
             pending.retain(|r| sessions.contains_key(r));
 
-            let read_permit = self.read_slot().await;
+            let read_permit = self.read_slot(pass).await;
             let mut targets = Vec::new();
             let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
             if !pending.is_empty() {
-                for (r, permit) in self.take_upload_slots(&pending).await {
+                for (r, permit) in self.take_upload_slots(pass, &pending).await {
                     permits.push(permit);
                     pending.retain(|p| *p != r);
                     if let Some(session) = sessions.remove(&r) {
@@ -290,10 +293,9 @@ impl Engine {
 
     /// A slot to read a blob from the primary: a regular one, or for fresh
     /// work whichever of a regular and an express one is free first.
-    async fn read_slot(&self) -> OwnedSemaphorePermit {
-        let fresh = super::FRESH.try_with(|f| *f).unwrap_or(false);
+    async fn read_slot(&self, pass: &Pass) -> OwnedSemaphorePermit {
         // The semaphores are never closed.
-        if fresh {
+        if pass.fresh() {
             tokio::select! {
                 p = self.blob_reads.clone().acquire_owned() => p.expect("blob semaphore is never closed"),
                 p = self.express_reads.clone().acquire_owned() => p.expect("blob semaphore is never closed"),
@@ -311,12 +313,12 @@ impl Engine {
     /// has, waits for the first region to free one.
     async fn take_upload_slots(
         &self,
+        pass: &Pass,
         pending: &[RegionId],
     ) -> Vec<(RegionId, OwnedSemaphorePermit)> {
         // Fresh work may also take a region's express slots.
-        let fresh = super::FRESH.try_with(|f| *f).unwrap_or(false);
         let pools = |r: RegionId| -> Vec<Arc<tokio::sync::Semaphore>> {
-            if fresh {
+            if pass.fresh() {
                 vec![
                     self.region_uploads[r].clone(),
                     self.express_uploads[r].clone(),

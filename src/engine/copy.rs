@@ -12,6 +12,7 @@ use super::Engine;
 use super::cause::Cause;
 use super::facts::{RegionId, RepoState};
 use super::listing::ImageJob;
+use super::pass::Pass;
 use super::report::TagState;
 use crate::digest::Digest;
 use crate::registry::manifest::{Descriptor, Kind};
@@ -36,20 +37,25 @@ pub type RegionResults = BTreeMap<RegionId, Result<(), Cause>>;
 
 impl Engine {
     /// Copies one image to every region whose tags differ from the primary.
-    pub async fn copy_image(&self, job: &ImageJob) -> Vec<TagOutcome> {
-        self.copy_image_to(job, &self.region_ids()).await
+    pub async fn copy_image(&self, pass: &Pass, job: &ImageJob) -> Vec<TagOutcome> {
+        self.copy_image_to(pass, job, &self.region_ids()).await
     }
 
     /// Copies one image to those of `regions` whose tags differ from the
     /// primary.
-    pub async fn copy_image_to(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
+    pub async fn copy_image_to(
+        &self,
+        pass: &Pass,
+        job: &ImageJob,
+        regions: &[RegionId],
+    ) -> Vec<TagOutcome> {
         let span = tracing::info_span!(
             "image",
             repository = %job.repository,
             digest = %job.digest.short()
         );
         let classes = self.speed_classes(regions);
-        let copies = classes.iter().map(|c| self.copy_image_inner(job, c));
+        let copies = classes.iter().map(|c| self.copy_image_inner(pass, job, c));
         join_all(copies)
             .instrument(span)
             .await
@@ -62,28 +68,17 @@ impl Engine {
     /// everything under it present in each of `regions`.
     pub async fn copy_manifest_to(
         &self,
+        pass: &Pass,
         repo: &str,
         digest: &Digest,
         regions: &[RegionId],
     ) -> RegionResults {
         let span = tracing::info_span!("manifest", repository = %repo, digest = %digest.short());
         async {
-            let root = match self
-                .primary
-                .get_manifest(repo, digest.as_str(), &Scope::pull(repo))
-                .await
-            {
+            let root = match self.primary_manifest(repo, digest).await {
                 Ok(Some(m)) => m,
-                Ok(None) => {
-                    let cause = Cause::gone(format!(
-                        "manifest {digest} is not on the primary (any more)"
-                    ));
-                    return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
-                }
-                Err(e) => {
-                    let cause = Cause::of("reading the manifest from the primary", &e);
-                    return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
-                }
+                Ok(None) => return fail_each(regions, &gone_from_primary(digest)),
+                Err(cause) => return fail_each(regions, &cause),
             };
             let desc = Descriptor {
                 media_type: root.media_type.clone(),
@@ -98,7 +93,7 @@ impl Engine {
                     let classes = self.speed_classes(&regions);
                     let copies = classes
                         .iter()
-                        .map(|c| self.ensure_manifest(repo, desc.clone(), c, 0, false));
+                        .map(|c| self.ensure_manifest(pass, repo, desc.clone(), c, 0, false));
                     join_all(copies)
                         .await
                         .into_iter()
@@ -129,9 +124,14 @@ impl Engine {
     /// refused a manifest for lacking content the store said it had (see
     /// [`Facts::distrust`](super::facts::Facts::distrust)): the second try
     /// asks the region about everything instead of believing the store.
-    async fn copy_image_inner(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
+    async fn copy_image_inner(
+        &self,
+        pass: &Pass,
+        job: &ImageJob,
+        regions: &[RegionId],
+    ) -> Vec<TagOutcome> {
         let started = now_unix_ms();
-        let mut outcomes = self.copy_image_once(job, regions).await;
+        let mut outcomes = self.copy_image_once(pass, job, regions).await;
         let stale: Vec<RegionId> = regions
             .iter()
             .copied()
@@ -149,7 +149,7 @@ impl Engine {
             self.stale_warning(r, &job.repository);
         }
         outcomes.retain(|o| !stale.contains(&o.region));
-        outcomes.extend(self.copy_image_once(job, &stale).await);
+        outcomes.extend(self.copy_image_once(pass, job, &stale).await);
         outcomes
     }
 
@@ -162,7 +162,12 @@ impl Engine {
         );
     }
 
-    async fn copy_image_once(&self, job: &ImageJob, regions: &[RegionId]) -> Vec<TagOutcome> {
+    async fn copy_image_once(
+        &self,
+        pass: &Pass,
+        job: &ImageJob,
+        regions: &[RegionId],
+    ) -> Vec<TagOutcome> {
         let repo = &job.repository;
         let mut outcomes = Vec::new();
 
@@ -170,7 +175,7 @@ impl Engine {
         // region's listing, then a HEAD.
         let checks = regions.iter().copied().flat_map(|r| {
             job.tags.iter().map(move |tag| async move {
-                (r, tag.clone(), self.region_tag(r, repo, tag).await)
+                (r, tag.clone(), self.region_tag(pass, r, repo, tag).await)
             })
         });
         let mut needs: BTreeMap<RegionId, Vec<String>> = BTreeMap::new();
@@ -182,7 +187,7 @@ impl Engine {
                 Err(e) => outcomes.push(failed(r, tag, Cause::of("checking the tag", &e))),
             }
         }
-        let verifying = self.facts.verifying();
+        let verifying = pass.verify();
         let in_sync_outcomes = |outcomes: &mut Vec<TagOutcome>,
                                 in_sync: &BTreeMap<RegionId, Vec<String>>,
                                 broken: &RegionResults| {
@@ -215,17 +220,10 @@ impl Engine {
             }
         };
 
-        let root = match self
-            .primary
-            .get_manifest(repo, job.digest.as_str(), &Scope::pull(repo))
-            .await
-        {
+        let root = match self.primary_manifest(repo, &job.digest).await {
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(Cause::gone(format!(
-                "manifest {} is not on the primary (any more)",
-                job.digest
-            ))),
-            Err(e) => Err(Cause::of("reading the manifest from the primary", &e)),
+            Ok(None) => Err(gone_from_primary(&job.digest)),
+            Err(cause) => Err(cause),
         }
         .and_then(|m| {
             m.kind()
@@ -245,7 +243,9 @@ impl Engine {
         // need the tag; the others need its content first. When verifying,
         // the content of every region is checked, in sync or not.
         let regions: Vec<RegionId> = needs.keys().copied().collect();
-        let (present, errors) = self.manifest_presence(repo, &job.digest, &regions).await;
+        let (present, errors) = self
+            .manifest_presence(pass, repo, &job.digest, &regions)
+            .await;
         let mut ready: RegionResults = errors.into_iter().map(|(r, e)| (r, Err(e))).collect();
         let mut deep: Vec<RegionId> = regions
             .iter()
@@ -258,7 +258,7 @@ impl Engine {
         if verifying {
             deep.extend(in_sync.keys().copied().filter(|r| !needs.contains_key(r)));
         }
-        let checked = self.ensure_dependencies(repo, &root, &deep, 0).await;
+        let checked = self.ensure_dependencies(pass, repo, &root, &deep, 0).await;
         for (r, res) in &checked {
             if res.is_err() || !ready.contains_key(r) {
                 ready.insert(*r, res.clone());
@@ -279,37 +279,16 @@ impl Engine {
                 for tag in tags {
                     let outcome = match &deps {
                         Err(cause) => failed(r, tag.clone(), cause.clone()),
-                        Ok(()) if self.plan.active() => {
-                            self.plan.manifest(r, repo, &root.digest);
-                            self.counters[r]
-                                .manifests_pushed
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tracing::info!(
-                                region = %self.regions[r].name(),
-                                "dry run: would replicate {repo}:{tag}"
-                            );
-                            TagOutcome {
-                                region: r,
-                                tag: tag.clone(),
-                                state: TagState::Copied,
-                                failure: None,
-                            }
-                        }
-                        Ok(()) => match self.regions[r].put_manifest(repo, tag, root).await {
+                        Ok(()) => match self.push_manifest(pass, r, repo, tag, root).await {
                             Ok(()) => {
-                                self.counters[r]
-                                    .manifests_pushed
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                self.facts.add_manifest(r, repo, tag, &root.digest);
-                                self.facts.add_manifest(
-                                    r,
-                                    repo,
-                                    root.digest.as_str(),
-                                    &root.digest,
-                                );
+                                let what = if pass.is_dry_run() {
+                                    "dry run: would replicate"
+                                } else {
+                                    "replicated"
+                                };
                                 tracing::info!(
                                     region = %self.regions[r].name(),
-                                    "replicated {repo}:{tag}"
+                                    "{what} {repo}:{tag}"
                                 );
                                 TagOutcome {
                                     region: r,
@@ -318,12 +297,7 @@ impl Engine {
                                     failure: None,
                                 }
                             }
-                            Err(e) => {
-                                if e.lacks_content() {
-                                    self.facts.distrust(r, repo);
-                                }
-                                failed(r, tag.clone(), Cause::of("pushing the tag", &e))
-                            }
+                            Err(cause) => failed(r, tag.clone(), cause),
                         },
                     };
                     out.push(outcome);
@@ -342,11 +316,12 @@ impl Engine {
     /// whose answer is recorded.
     async fn region_tag(
         &self,
+        pass: &Pass,
         r: RegionId,
         repo: &str,
         tag: &str,
     ) -> Result<Option<Digest>, crate::registry::RegistryError> {
-        if let Some(d) = self.facts.tag(r, repo, tag) {
+        if let Some(d) = self.facts.tag(pass, r, repo, tag) {
             return Ok(Some(d));
         }
         let listed = match self.repo_state(r, repo).await {
@@ -376,12 +351,13 @@ impl Engine {
     /// which could not be asked.
     async fn manifest_presence(
         &self,
+        pass: &Pass,
         repo: &str,
         digest: &Digest,
         regions: &[RegionId],
     ) -> (Vec<RegionId>, Vec<(RegionId, Cause)>) {
         let checks = regions.iter().map(|&r| async move {
-            if self.facts.has_manifest(r, repo, digest) {
+            if self.facts.has_manifest(pass, r, repo, digest) {
                 return (r, Ok(true));
             }
             if matches!(self.repo_state(r, repo).await, RepoState::Absent) {
@@ -412,6 +388,7 @@ impl Engine {
     /// Makes everything `manifest` references present in each of `regions`.
     fn ensure_dependencies<'a>(
         &'a self,
+        pass: &'a Pass,
         repo: &'a str,
         manifest: &'a Manifest,
         regions: &'a [RegionId],
@@ -426,22 +403,22 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => {
                     let cause = Cause::permanent(format!("manifest {}: {e}", manifest.digest));
-                    return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
+                    return fail_each(regions, &cause);
                 }
             };
             let mut work: Vec<BoxFuture<'a, RegionResults>> = Vec::new();
             for child in refs.manifests {
-                work.push(self.ensure_manifest(repo, child, regions, depth + 1, false));
+                work.push(self.ensure_manifest(pass, repo, child, regions, depth + 1, false));
             }
             if let Some(subject) = refs.subject {
-                work.push(self.ensure_manifest(repo, subject, regions, depth + 1, true));
+                work.push(self.ensure_manifest(pass, repo, subject, regions, depth + 1, true));
             }
             for blob in refs.blobs {
                 if blob.is_foreign() {
                     tracing::debug!(digest = %blob.digest, "foreign layer: not copied");
                     continue;
                 }
-                work.push(self.ensure_blob(repo, blob, regions).boxed());
+                work.push(self.ensure_blob(pass, repo, blob, regions).boxed());
             }
             for partial in join_all(work).await {
                 for (r, res) in partial {
@@ -463,6 +440,7 @@ impl Engine {
     /// present in each of `regions`, pushed by digest.
     fn ensure_manifest<'a>(
         &'a self,
+        pass: &'a Pass,
         repo: &'a str,
         desc: Descriptor,
         regions: &'a [RegionId],
@@ -475,10 +453,10 @@ impl Engine {
                 let cause = Cause::permanent(format!(
                     "manifest {digest} is nested deeper than {MAX_NESTING} levels"
                 ));
-                return regions.iter().map(|&r| (r, Err(cause.clone()))).collect();
+                return fail_each(regions, &cause);
             }
             let _guard = self.manifest_locks.lock((repo.to_owned(), digest.clone())).await;
-            let (present, errors) = self.manifest_presence(repo, &digest, regions).await;
+            let (present, errors) = self.manifest_presence(pass, repo, &digest, regions).await;
             let mut results: RegionResults =
                 errors.into_iter().map(|(r, e)| (r, Err(e))).collect();
             let lacking: Vec<RegionId> = regions
@@ -487,7 +465,7 @@ impl Engine {
                 .filter(|r| !present.contains(r) && !results.contains_key(r))
                 .collect();
             // Verifying: the content under a present manifest is checked too.
-            let deep: Vec<RegionId> = if self.facts.verifying() {
+            let deep: Vec<RegionId> = if pass.verify() {
                 regions
                     .iter()
                     .copied()
@@ -502,12 +480,8 @@ impl Engine {
             if deep.is_empty() {
                 return results;
             }
-            let manifest = match self
-                .primary
-                .get_manifest(repo, digest.as_str(), &Scope::pull(repo))
-                .await
-            {
-                Ok(Some(m)) => m,
+            let manifest = match self.primary_manifest(repo, &digest).await {
+                Ok(Some(m)) => Ok(m),
                 Ok(None) if is_subject => {
                     // A referrer whose subject is not on the primary: there
                     // is nothing to copy, and registries accept it as is.
@@ -515,37 +489,36 @@ impl Engine {
                     results.extend(deep.iter().map(|&r| (r, Ok(()))));
                     return results;
                 }
-                Ok(None) => {
-                    let cause =
-                        Cause::permanent(format!("child manifest {digest} is missing on the primary"));
-                    results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
-                    return results;
+                Ok(None) => Err(Cause::permanent(format!(
+                    "child manifest {digest} is missing on the primary"
+                ))),
+                Err(cause) => Err(cause),
+            }
+            .and_then(|m| {
+                if m.bytes.len() as u64 != desc.size {
+                    return Err(Cause::permanent(format!(
+                        "manifest {digest} is {} bytes on the primary, its descriptor says {}",
+                        m.bytes.len(),
+                        desc.size
+                    )));
                 }
-                Err(e) => {
-                    let cause =
-                        Cause::of(format_args!("reading manifest {digest} from the primary"), &e);
-                    results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
+                m.kind()
+                    .map_err(|e| Cause::permanent(format!("manifest {digest}: {e}")))?;
+                Ok(m)
+            });
+            let manifest = match manifest {
+                Ok(m) => m,
+                Err(cause) => {
+                    results.extend(fail_each(&deep, &cause));
                     return results;
                 }
             };
-            if manifest.bytes.len() as u64 != desc.size {
-                let cause = Cause::permanent(format!(
-                    "manifest {digest} is {} bytes on the primary, its descriptor says {}",
-                    manifest.bytes.len(),
-                    desc.size
-                ));
-                results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
-                return results;
-            }
-            if let Err(e) = manifest.kind() {
-                let cause = Cause::permanent(format!("manifest {digest}: {e}"));
-                results.extend(deep.iter().map(|&r| (r, Err(cause.clone()))));
-                return results;
-            }
             if manifest.kind().ok() == Some(Kind::Index) {
                 tracing::debug!(%digest, "copying index");
             }
-            let deps = self.ensure_dependencies(repo, &manifest, &deep, depth).await;
+            let deps = self
+                .ensure_dependencies(pass, repo, &manifest, &deep, depth)
+                .await;
             let pushes = deps.into_iter().map(|(r, dep)| {
                 let manifest = &manifest;
                 let digest = &digest;
@@ -554,35 +527,10 @@ impl Engine {
                     if dep.is_err() || !lacks {
                         return (r, dep);
                     }
-                    if self.plan.active() {
-                        if self.plan.manifest(r, repo, digest) {
-                            self.counters[r]
-                                .manifests_pushed
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        return (r, Ok(()));
-                    }
-                    match self.regions[r]
-                        .put_manifest(repo, digest.as_str(), manifest)
-                        .await
-                    {
-                        Ok(()) => {
-                            self.counters[r]
-                                .manifests_pushed
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            self.facts.add_manifest(r, repo, digest.as_str(), digest);
-                            (r, Ok(()))
-                        }
-                        Err(e) => {
-                            if e.lacks_content() {
-                                self.facts.distrust(r, repo);
-                            }
-                            (
-                                r,
-                                Err(Cause::of(format_args!("pushing manifest {digest}"), &e)),
-                            )
-                        }
-                    }
+                    let pushed = self
+                        .push_manifest(pass, r, repo, digest.as_str(), manifest)
+                        .await;
+                    (r, pushed)
                 }
             });
             results.extend(join_all(pushes).await);
@@ -590,6 +538,86 @@ impl Engine {
         }
         .boxed()
     }
+
+    /// Manifest `digest` of `repo` as the primary serves it (`None`: not
+    /// there).
+    async fn primary_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Manifest>, Cause> {
+        self.primary
+            .get_manifest(repo, digest.as_str(), &Scope::pull(repo))
+            .await
+            .map_err(|e| {
+                Cause::of(
+                    format_args!("reading manifest {digest} from the primary"),
+                    &e,
+                )
+            })
+    }
+
+    /// Pushes `manifest` to region `r` under `reference` (a tag, or its
+    /// digest) and records it; a dry run plans it instead. Everything it
+    /// references must be present in the region already (invariant 3).
+    async fn push_manifest(
+        &self,
+        pass: &Pass,
+        r: RegionId,
+        repo: &str,
+        reference: &str,
+        manifest: &Manifest,
+    ) -> Result<(), Cause> {
+        let digest = &manifest.digest;
+        let by_tag = reference != digest.as_str();
+        let count = || {
+            self.counters[r]
+                .manifests_pushed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        if let Some(plan) = pass.plan() {
+            // A tag is a push of its own each time; content once per region.
+            if plan.manifest(r, repo, digest) || by_tag {
+                count();
+            }
+            return Ok(());
+        }
+        match self.regions[r]
+            .put_manifest(repo, reference, manifest)
+            .await
+        {
+            Ok(()) => {
+                count();
+                self.facts.add_manifest(r, repo, reference, digest);
+                if by_tag {
+                    self.facts.add_manifest(r, repo, digest.as_str(), digest);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if e.lacks_content() {
+                    self.facts.distrust(r, repo);
+                }
+                let what = if by_tag {
+                    "pushing the tag".to_owned()
+                } else {
+                    format!("pushing manifest {digest}")
+                };
+                Err(Cause::of(what, &e))
+            }
+        }
+    }
+}
+
+/// The same failure for each of `regions`.
+fn fail_each(regions: &[RegionId], cause: &Cause) -> RegionResults {
+    regions.iter().map(|&r| (r, Err(cause.clone()))).collect()
+}
+
+fn gone_from_primary(digest: &Digest) -> Cause {
+    Cause::gone(format!(
+        "manifest {digest} is not on the primary (any more)"
+    ))
 }
 
 fn failed(region: RegionId, tag: String, cause: Cause) -> TagOutcome {

@@ -10,15 +10,14 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::facts::RegionId;
 use crate::digest::Digest;
 use crate::lock::Locked;
 
+/// What one dry run has planned so far (see [`super::pass::Pass`]).
 #[derive(Default)]
 pub struct Plan {
-    active: AtomicBool,
     sets: Mutex<Sets>,
 }
 
@@ -42,16 +41,6 @@ pub enum BlobPlan {
 }
 
 impl Plan {
-    /// Starts a pass: dry or not, nothing planned.
-    pub fn begin(&self, dry_run: bool) {
-        *self.sets.locked() = Sets::default();
-        self.active.store(dry_run, Ordering::Relaxed);
-    }
-
-    pub fn active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
-    }
-
     pub fn blob(&self, r: RegionId, repo: &str, digest: &Digest) -> BlobPlan {
         let mut s = self.sets.locked();
         if !s.blobs.insert((r, repo.to_owned(), digest.clone())) {
@@ -78,7 +67,6 @@ mod tests {
     #[test]
     fn a_blob_is_uploaded_once_per_region_then_mounted() {
         let p = Plan::default();
-        p.begin(true);
         let d = Digest::sha256_of(b"x");
         assert_eq!(p.blob(0, "a", &d), BlobPlan::New);
         assert_eq!(p.blob(0, "a", &d), BlobPlan::Planned);
@@ -86,8 +74,5 @@ mod tests {
         assert_eq!(p.blob(1, "b", &d), BlobPlan::New);
         assert!(p.manifest(0, "a", &d));
         assert!(!p.manifest(0, "a", &d));
-        p.begin(false);
-        assert!(!p.active());
-        assert_eq!(p.blob(0, "a", &d), BlobPlan::New);
     }
 }

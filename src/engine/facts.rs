@@ -22,11 +22,12 @@
 //! repository, fetched only when the store cannot answer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
+use super::pass::Pass;
 use crate::digest::Digest;
 use crate::lock::Locked;
 pub use crate::store::RegionId;
@@ -34,9 +35,6 @@ use crate::store::{Store, StoreError, now_unix_ms};
 
 pub struct Facts {
     store: Arc<Store>,
-    verify: AtomicBool,
-    /// Start of the current pass (unix ms): facts at or after it are fresh.
-    pass_started_ms: AtomicU64,
     write_failed: AtomicBool,
     /// (region, repository) → unix ms before which its facts are not
     /// believed: the region refused a manifest for lacking content.
@@ -47,8 +45,6 @@ impl Facts {
     pub fn new(store: Arc<Store>) -> Facts {
         Facts {
             store,
-            verify: AtomicBool::new(false),
-            pass_started_ms: AtomicU64::new(0),
             write_failed: AtomicBool::new(false),
             distrusted: Mutex::new(HashMap::new()),
         }
@@ -58,16 +54,10 @@ impl Facts {
         &self.store
     }
 
-    /// Starts a pass; with `verify`, nothing recorded before now is trusted.
-    pub fn begin_pass(&self, verify: bool) {
-        self.pass_started_ms.store(now_unix_ms(), Ordering::Relaxed);
-        self.verify.store(verify, Ordering::Relaxed);
-    }
-
     /// Whether a fact of region `r` about `repo` acknowledged at `at_ms`
-    /// may be believed.
-    fn trusted(&self, r: RegionId, repo: &str, at_ms: u64) -> bool {
-        if self.verifying() && at_ms < self.pass_started_ms.load(Ordering::Relaxed) {
+    /// may be believed by `pass`.
+    fn trusted(&self, pass: &Pass, r: RegionId, repo: &str, at_ms: u64) -> bool {
+        if !pass.trusts(at_ms) {
             return false;
         }
         self.distrusted_at(r, repo)
@@ -98,28 +88,24 @@ impl Facts {
         self.distrusted_at(r, repo).is_some_and(|at| at >= since_ms)
     }
 
-    pub fn verifying(&self) -> bool {
-        self.verify.load(Ordering::Relaxed)
-    }
-
     /// The digest region `r` serves under `repo:tag`, if recorded and trusted.
-    pub fn tag(&self, r: RegionId, repo: &str, tag: &str) -> Option<Digest> {
+    pub fn tag(&self, pass: &Pass, r: RegionId, repo: &str, tag: &str) -> Option<Digest> {
         self.store
             .manifest(r, repo, tag)
-            .filter(|f| self.trusted(r, repo, f.at_ms))
+            .filter(|f| self.trusted(pass, r, repo, f.at_ms))
             .map(|f| f.digest)
     }
 
-    pub fn has_manifest(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
+    pub fn has_manifest(&self, pass: &Pass, r: RegionId, repo: &str, digest: &Digest) -> bool {
         self.store
             .manifest(r, repo, digest.as_str())
-            .is_some_and(|f| self.trusted(r, repo, f.at_ms))
+            .is_some_and(|f| self.trusted(pass, r, repo, f.at_ms))
     }
 
-    pub fn has_blob(&self, r: RegionId, repo: &str, digest: &Digest) -> bool {
+    pub fn has_blob(&self, pass: &Pass, r: RegionId, repo: &str, digest: &Digest) -> bool {
         self.store
             .blob(r, repo, digest)
-            .is_some_and(|at| self.trusted(r, repo, at))
+            .is_some_and(|at| self.trusted(pass, r, repo, at))
     }
 
     /// Another repository of `r` recorded to hold `digest`. Used even when
@@ -263,21 +249,22 @@ mod tests {
             facts.add_blob(r, repo, &d);
             facts.add_manifest(r, repo, "v1", &d);
         }
+        let pass = Pass::new(super::super::pass::Priority::Backfill);
         let before = now_unix_ms();
         std::thread::sleep(std::time::Duration::from_millis(2));
         facts.distrust(0, "a");
         assert!(facts.distrusted_since(0, "a", before));
         assert!(!facts.distrusted_since(0, "a", now_unix_ms() + 1));
-        assert!(!facts.has_blob(0, "a", &d));
-        assert!(!facts.has_manifest(0, "a", &d));
-        assert_eq!(facts.tag(0, "a", "v1"), None);
+        assert!(!facts.has_blob(&pass, 0, "a", &d));
+        assert!(!facts.has_manifest(&pass, 0, "a", &d));
+        assert_eq!(facts.tag(&pass, 0, "a", "v1"), None);
         // Other repositories of the region, and other regions, are believed.
-        assert!(facts.has_blob(0, "b", &d) && facts.has_blob(1, "a", &d));
-        assert_eq!(facts.tag(1, "a", "v1"), Some(d.clone()));
+        assert!(facts.has_blob(&pass, 0, "b", &d) && facts.has_blob(&pass, 1, "a", &d));
+        assert_eq!(facts.tag(&pass, 1, "a", "v1"), Some(d.clone()));
         assert!(!facts.distrusted_since(1, "a", 0));
         // Acknowledged again: believed again.
         std::thread::sleep(std::time::Duration::from_millis(2));
         facts.add_blob(0, "a", &d);
-        assert!(facts.has_blob(0, "a", &d));
+        assert!(facts.has_blob(&pass, 0, "a", &d));
     }
 }

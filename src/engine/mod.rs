@@ -20,6 +20,7 @@ pub mod facts;
 pub mod fanout;
 pub mod listing;
 pub mod locks;
+pub mod pass;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -36,13 +37,8 @@ use crate::registry::{Registry, StatsSnapshot, http_client};
 use crate::store::Store;
 use facts::{Facts, RegionId, RegionRepos, RepoState};
 use locks::KeyedLocks;
+pub use pass::{Pass, Priority};
 pub use report::{Failure, RegionReport, SyncReport, TagReport, TagState};
-
-tokio::task_local! {
-    /// Set for work from a fresh push (the daemon's event items): it may
-    /// use the express read slots, so a long backfill does not delay it.
-    pub static FRESH: bool;
-}
 
 /// Blob reads only fresh work may use, beyond `max_concurrent_blobs`.
 pub const EXPRESS_READS: usize = 2;
@@ -72,11 +68,11 @@ pub struct Engine {
     max_attempts: u32,
     /// Blob reads from the primary in flight (each fanned out).
     blob_reads: Arc<Semaphore>,
-    /// Extra reads for fresh work ([`FRESH`]).
+    /// Extra reads for fresh work ([`Priority::Fresh`]).
     express_reads: Arc<Semaphore>,
     /// Blob uploads in flight, per region.
     region_uploads: Vec<Arc<Semaphore>>,
-    /// Extra uploads per region for fresh work ([`FRESH`]).
+    /// Extra uploads per region for fresh work ([`Priority::Fresh`]).
     express_uploads: Vec<Arc<Semaphore>>,
     blob_locks: KeyedLocks<(RegionId, Digest)>,
     /// Each region's bandwidth limit, which decides who shares a read.
@@ -85,8 +81,6 @@ pub struct Engine {
     facts: Facts,
     region_repos: RegionRepos,
     counters: Vec<RegionCounters>,
-    /// A dry run's plan (inactive in a real pass).
-    plan: dry::Plan,
 }
 
 /// Writes to one region, counted.
@@ -119,7 +113,7 @@ struct RegionCounters {
     manifests_pushed: AtomicU64,
 }
 
-/// How a pass treats what the store says.
+/// How a `georep sync` pass treats what the store says (see [`Pass`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncOptions {
     /// Trust nothing recorded: check every manifest and blob in every region,
@@ -127,6 +121,15 @@ pub struct SyncOptions {
     pub verify: bool,
     /// Write nothing: count what would be copied ([`dry`]).
     pub dry_run: bool,
+}
+
+impl SyncOptions {
+    /// The pass these options ask for: backfill priority, with the modes.
+    pub fn pass(self) -> Pass {
+        let pass = Pass::new(Priority::Backfill);
+        let pass = if self.verify { pass.verifying() } else { pass };
+        if self.dry_run { pass.dry_run() } else { pass }
+    }
 }
 
 impl Engine {
@@ -187,7 +190,6 @@ impl Engine {
             manifest_locks: KeyedLocks::default(),
             facts: Facts::new(store),
             region_repos: RegionRepos::default(),
-            plan: dry::Plan::default(),
         }
     }
 
@@ -230,8 +232,7 @@ impl Engine {
     /// whole; what did not work is listed in the report.
     pub async fn sync(&self, options: SyncOptions) -> SyncReport {
         let started = Instant::now();
-        self.facts.begin_pass(options.verify);
-        self.plan.begin(options.dry_run);
+        let pass = &options.pass();
         let before_primary = self.primary.stats();
         let before: Vec<(StatsSnapshot, CopyCounts)> = (0..self.regions.len())
             .map(|r| (self.regions[r].stats(), self.copied(r)))
@@ -254,7 +255,7 @@ impl Engine {
             });
             let mut results = std::pin::pin!(
                 jobs.map(|job| async move {
-                    let outcomes = self.copy_image(&job).await;
+                    let outcomes = self.copy_image(pass, &job).await;
                     (job, outcomes)
                 })
                 .buffer_unordered(self.limits.images)

@@ -500,11 +500,11 @@ impl Auth {
             f.transient = super::error::is_transient_status(status);
             return Err(f);
         }
-        let body = super::read_capped(resp, MAX_TOKEN_RESPONSE_BYTES)
+        let body = super::body::read_capped(resp, MAX_TOKEN_RESPONSE_BYTES)
             .await
             .map_err(|e| match e {
-                super::ReadError::Transport(e) => fail(format!("reading the answer: {e:#}")),
-                super::ReadError::TooLarge { max } => TokenFailure {
+                super::body::ReadError::Transport(e) => fail(format!("reading the answer: {e:#}")),
+                super::body::ReadError::TooLarge { max } => TokenFailure {
                     transient: false,
                     ..fail(format!("the answer is larger than {max} bytes"))
                 },
