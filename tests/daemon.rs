@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{DaemonProc, EVENTS, metric, push_event};
+use common::daemon::{DaemonProc, EVENTS, bound, metric, push_event, rebind};
 use common::*;
 use georep::lab::corpus::push_image;
 use georep::lab::localreg::free_port;
@@ -49,7 +49,7 @@ async fn notification_sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_reach_every_region_through_notifications() {
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let cluster = Cluster::notifying(2, port, None).await;
     let (hook, received) = notification_sink().await;
     let config = cluster.config(
@@ -60,7 +60,7 @@ async fn pushes_reach_every_region_through_notifications() {
             &format!("poll_interval_secs: 3600\nnotify:\n  - url: {hook}\n    events: [replicated, complete]\n"),
         ),
     );
-    let daemon = DaemonProc::start(&config, port, &[]).await;
+    let daemon = DaemonProc::in_process(&config, listener, &[]).await;
 
     // Every shape of image (indexes, children by digest, shared layers,
     // artifacts), pushed through the registry API: each push notifies.
@@ -255,14 +255,14 @@ async fn an_acknowledged_event_survives_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_region_catches_up_without_delaying_the_others() {
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let mut cluster = Cluster::notifying(3, port, None).await;
     let config = cluster.config(
         &cluster.primary.url(),
         &cluster.replica_urls(),
         &daemon_yaml(port, "poll_interval_secs: 3600\n"),
     );
-    let daemon = DaemonProc::start(&config, port, &[]).await;
+    let daemon = DaemonProc::in_process(&config, listener, &[]).await;
     cluster.replicas[2].stop().await;
 
     let started = Instant::now();
@@ -314,7 +314,7 @@ async fn a_stopped_region_catches_up_without_delaying_the_others() {
 /// region is found whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_refills_a_region_that_lost_its_content() {
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let mut cluster = Cluster::start(2).await;
     let corpus = push_corpus(&cluster.primary.url(), &quick_spec(43)).await;
     let config = cluster.config(
@@ -322,7 +322,7 @@ async fn an_audit_refills_a_region_that_lost_its_content() {
         &cluster.replica_urls(),
         &daemon_yaml(port, "poll_interval_secs: 3600\naudit_interval_secs: 2\n"),
     );
-    let daemon = DaemonProc::start(&config, port, &[]).await;
+    let daemon = DaemonProc::in_process(&config, listener, &[]).await;
     let primary = cluster.primary.url();
     let urls = cluster.replica_urls();
     for url in &urls {
@@ -379,7 +379,7 @@ async fn an_audit_refills_a_region_that_lost_its_content() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_refuses_bad_input_and_credentials() {
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let cluster = Cluster::start(1).await;
     let config = cluster.config(
         &cluster.primary.url(),
@@ -389,7 +389,7 @@ async fn the_webhook_refuses_bad_input_and_credentials() {
             "poll_interval_secs: 0\nwebhook:\n  max_body_bytes: 4096\n  auth:\n    bearer_token_env: HOOK_TOKEN\n",
         ),
     );
-    let daemon = DaemonProc::start(&config, port, &[("HOOK_TOKEN", "t0ken")]).await;
+    let daemon = DaemonProc::in_process(&config, listener, &[("HOOK_TOKEN", "t0ken")]).await;
     let ok = Some("Bearer t0ken");
     let m1 = push_image(&client(&cluster.primary.url()), "order/app", "v1", 4096, 1)
         .await
@@ -501,7 +501,7 @@ async fn the_webhook_refuses_bad_input_and_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let cluster = Cluster::notifying(1, port, None).await;
     let yaml = |dry: bool| {
         daemon_yaml(
@@ -516,7 +516,7 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
         &cluster.replica_urls(),
         &yaml(false),
     );
-    let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    let mut daemon = DaemonProc::in_process(&config, listener, &[]).await;
     let primary = client(&cluster.primary.url());
     let a = push_image(&primary, "del/app", "a", 4096, 11)
         .await
@@ -578,7 +578,7 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
 
     // Dry run: the pending delete is only logged.
     let config = cluster.config(&cluster.primary.url(), &cluster.replica_urls(), &yaml(true));
-    let daemon = DaemonProc::start(&config, port, &[]).await;
+    let daemon = DaemonProc::in_process(&config, rebind(port), &[]).await;
     wait_for(
         "the dry-run log line",
         Duration::from_secs(30),
@@ -628,7 +628,7 @@ async fn bad_config_and_busy_port_fail_before_serving_and_sigterm_drains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_cut_short_by_shutdown_resumes_at_the_next_start() {
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let cluster = Cluster::notifying(2, port, None).await;
     // No grace at all: whatever is in flight at SIGTERM is abandoned.
     let config = cluster.config(
@@ -636,7 +636,7 @@ async fn work_cut_short_by_shutdown_resumes_at_the_next_start() {
         &cluster.replica_urls(),
         &format!("listen: 127.0.0.1:{port}\npoll_interval_secs: 0\nshutdown_grace_secs: 0\n"),
     );
-    let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    let mut daemon = DaemonProc::in_process(&config, listener, &[]).await;
     let m = push_image(
         &client(&cluster.primary.url()),
         "big/app",
@@ -666,7 +666,7 @@ async fn work_cut_short_by_shutdown_resumes_at_the_next_start() {
     );
 
     // Polling is off: only the queue can finish the job.
-    let _daemon = DaemonProc::start(&config, port, &[]).await;
+    let _daemon = DaemonProc::in_process(&config, rebind(port), &[]).await;
     for url in &urls {
         wait_for("the resumed copy", Duration::from_secs(60), async || {
             region_has(url, "big/app", "v1", &m.digest).await
@@ -677,7 +677,7 @@ async fn work_cut_short_by_shutdown_resumes_at_the_next_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_push_goes_ahead_of_a_long_backfill() {
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     // No notifications from this primary: the backfill is found by the
     // start-up reconcile only, and the fresh push's event is posted here.
     let cluster = Cluster::start(1).await;
@@ -704,7 +704,7 @@ async fn a_fresh_push_goes_ahead_of_a_long_backfill() {
             "poll_interval_secs: 3600\nconcurrency:\n  max_concurrent_images: 2\nlimits:\n  max_bytes_per_sec: 12MiB\n",
         ),
     );
-    let daemon = DaemonProc::start(&config, port, &[]).await;
+    let daemon = DaemonProc::in_process(&config, listener, &[]).await;
     wait_for(
         "the backfill to start",
         Duration::from_secs(20),

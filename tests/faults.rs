@@ -15,11 +15,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::daemon::DaemonProc;
+use common::daemon::{DaemonProc, bound};
 use common::proxy::{Chaos, FAULTS, Fault, Faults, Proxy};
 use common::*;
 use georep::lab::bench::verify::{self, Expect};
-use georep::lab::localreg::free_port;
 
 /// Short timeouts, so that stalls (3 s) outlast them and tests stay quick.
 const TIMEOUTS: &str =
@@ -193,14 +192,14 @@ async fn sync_converges_through_ten_percent_faults_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_converges_through_ten_percent_faults_everywhere() {
     let seed = seed() + 100;
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let c = Chaotic::start(
         2,
         seed,
         &format!("listen: 127.0.0.1:{port}\npoll_interval_secs: 2\nretry_max_secs: 1\n"),
     )
     .await;
-    let mut daemon = DaemonProc::start(&c.config, port, &[]).await;
+    let mut daemon = DaemonProc::in_process(&c.config, listener, &[]).await;
     // Pushed while the daemon runs: polling (through the faulty proxy)
     // finds them.
     let corpus = push_corpus(&c.cluster.primary.url(), &quick_spec(seed)).await;

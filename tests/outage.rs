@@ -14,11 +14,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::DaemonProc;
+use common::daemon::{DaemonProc, bound, rebind};
 use common::*;
 use georep::digest::Digest;
 use georep::lab::corpus::push_image;
-use georep::lab::localreg::free_port;
 use georep::registry::Scope;
 
 /// Between two pushes.
@@ -46,7 +45,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 async fn an_outage_delays_only_its_region_and_its_backlog_survives_a_restart() {
     let outage = Duration::from_secs(env_or("GEOREP_OUTAGE_SECS", 20u64));
     let baseline = Duration::from_secs(6);
-    let port = free_port().unwrap();
+    let (listener, port) = bound();
     let mut cluster = Cluster::notifying(3, port, None).await;
     let config = cluster.config(
         &cluster.primary.url(),
@@ -55,7 +54,7 @@ async fn an_outage_delays_only_its_region_and_its_backlog_survives_a_restart() {
             "listen: 127.0.0.1:{port}\npoll_interval_secs: 3600\nretry_max_secs: 2\nshutdown_grace_secs: 5\n"
         ),
     );
-    let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    let mut daemon = DaemonProc::in_process(&config, listener, &[]).await;
     let urls = cluster.replica_urls();
 
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
@@ -135,7 +134,7 @@ async fn an_outage_delays_only_its_region_and_its_backlog_survives_a_restart() {
     assert!(lag_before > 0, "no backlog for the stopped region");
     phase.lock().unwrap().1 = true;
     assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
-    daemon = DaemonProc::start(&config, port, &[]).await;
+    daemon = DaemonProc::in_process(&config, rebind(port), &[]).await;
     let lag_after = daemon.status().await["regions"][2]["lag_items"]
         .as_u64()
         .unwrap();

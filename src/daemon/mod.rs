@@ -55,6 +55,8 @@ impl Daemon {
                 config.path.display()
             )
         })?;
+        // The store first: a second georep on the same state is the likelier
+        // mistake, and its message is the clearer one.
         let store = Engine::open_store(&config)?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!(
@@ -62,6 +64,25 @@ impl Daemon {
                 config.path.display()
             )
         })?;
+        Daemon::wire(config, store, listener)
+    }
+
+    /// As [`Daemon::build`], serving on `listener` (already bound: a test
+    /// binds `127.0.0.1:0` and reads the port back) instead of `listen`.
+    pub async fn build_on(
+        config: Config,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<Daemon> {
+        let store = Engine::open_store(&config)?;
+        Daemon::wire(config, store, listener)
+    }
+
+    /// Gives each part of the daemon what it needs.
+    fn wire(
+        config: Config,
+        store: Arc<crate::store::Store>,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<Daemon> {
         let regions = config.regions.len();
         let engine = Arc::new(Engine::new(&config, store.clone()));
         let metrics = Arc::new(Metrics::new(regions));

@@ -32,23 +32,25 @@ impl Sources {
             .iter()
             .enumerate()
             .map(|(r, reg)| {
-                let items = store.queued(r, usize::MAX);
+                // Figures kept in memory: O(regions) per request, whatever
+                // the backlog.
+                let queue = store.queue_figures(r);
                 let in_flight = self.in_flight.count(r);
-                let parked: Vec<_> = items.iter().filter(|q| q.item.parked).collect();
-                let oldest = items.iter().map(|q| q.item.since_ms).min();
                 let s = store.region_status(r);
                 let c = self.engine.copied(r);
                 RegionStatusView {
                     name: reg.name().to_owned(),
                     url: reg.url().to_owned(),
-                    queue_depth: (items.len() - parked.len()).saturating_sub(in_flight),
+                    queue_depth: (queue.len - queue.parked).saturating_sub(in_flight),
                     in_flight,
-                    lag_items: items.len(),
-                    lag_secs: oldest.map_or(0.0, |o| now.saturating_sub(o) as f64 / 1000.0),
-                    parked_count: parked.len(),
-                    parked: parked
+                    lag_items: queue.len,
+                    lag_secs: queue
+                        .oldest_since_ms
+                        .map_or(0.0, |o| now.saturating_sub(o) as f64 / 1000.0),
+                    parked_count: queue.parked,
+                    parked: store
+                        .parked_items(r, MAX_PARKED_LISTED)
                         .iter()
-                        .take(MAX_PARKED_LISTED)
                         .map(|q| ParkedView {
                             repository: q.repository.clone(),
                             reference: q.reference.clone(),

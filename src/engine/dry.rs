@@ -11,9 +11,9 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use super::facts::RegionId;
 use crate::digest::Digest;
 use crate::lock::Locked;
+use crate::store::RegionId;
 
 /// What one dry run has planned so far (see [`super::pass::Pass`]).
 #[derive(Default)]

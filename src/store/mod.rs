@@ -25,6 +25,7 @@
 //! sled is used only here; the rest of the crate sees [`Store`].
 
 pub mod queue;
+mod summary;
 mod time;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::lock::Locked;
+pub use summary::QueueFigures;
 pub use time::{format_unix, now_unix, now_unix_ms};
 
 /// The layout this code writes and reads.
@@ -155,6 +157,8 @@ struct RegionTrees {
     manifests: sled::Tree,
     blobs: sled::Tree,
     queue: sled::Tree,
+    /// The queue in figures, kept in step with it ([`summary`]).
+    summary: std::sync::Mutex<summary::Summary>,
 }
 
 pub struct Store {
@@ -265,13 +269,22 @@ impl Store {
                     .insert(name.as_bytes(), encode(&fresh))
                     .map_err(io)?;
             }
+            // Queued work outlives a change of URL: the new registry needs
+            // it as much as the old one did.
+            let queue = db.open_tree(format!("queue/{name}")).map_err(io)?;
+            let mut figures = summary::Summary::default();
+            for entry in queue.iter() {
+                let (k, v) = entry.map_err(io)?;
+                if let Some(item) = decode::<queue::WorkItem>(&v) {
+                    figures.add(&k, item.entry());
+                }
+            }
             trees.push(RegionTrees {
                 name: name.clone(),
                 manifests: db.open_tree(manifests_name).map_err(io)?,
                 blobs: db.open_tree(blobs_name).map_err(io)?,
-                // Queued work outlives a change of URL: the new registry
-                // needs it as much as the old one did.
-                queue: db.open_tree(format!("queue/{name}")).map_err(io)?,
+                queue,
+                summary: std::sync::Mutex::new(figures),
             });
         }
         Ok(Store {

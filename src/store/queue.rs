@@ -22,8 +22,12 @@
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+use std::cell::RefCell;
+
+use super::summary::{Entry, QueueFigures};
 use super::{RegionId, Store, StoreError, decode, encode, key, now_unix_ms, split_key};
 use crate::digest::Digest;
+use crate::lock::Locked;
 
 /// What a work item asks of its region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -74,6 +78,14 @@ pub struct WorkItem {
 }
 
 impl WorkItem {
+    /// What the queue's summary counts of this item.
+    pub(super) fn entry(&self) -> Entry {
+        Entry {
+            since_ms: self.since_ms,
+            parked: self.parked,
+        }
+    }
+
     /// A new item: ready now, never tried.
     pub fn new(
         action: Action,
@@ -129,6 +141,10 @@ pub struct Queued {
     raw: Vec<u8>,
 }
 
+/// One item an accepted transaction wrote: region, key, what the key held
+/// before (if anything), what it holds now.
+type Written = (RegionId, Vec<u8>, Option<Entry>, Entry);
+
 impl Store {
     /// Records event `id` (if any) and queues `changes` for every region,
     /// atomically. Not durable until [`Store::flush`].
@@ -136,7 +152,11 @@ impl Store {
         let mut trees: Vec<&sled::Tree> = vec![&self.events, &self.latest];
         trees.extend(self.regions.iter().map(|r| &r.queue));
         let now = now_unix_ms();
+        // What the transaction wrote, for the summaries once it commits
+        // (its closure may run more than once).
+        let written: RefCell<Vec<Written>> = RefCell::new(Vec::new());
         let result = trees.as_slice().transaction(|t| {
+            written.borrow_mut().clear();
             if let Some(id) = id {
                 if t[0].get(id.as_bytes())?.is_some() {
                     return Ok(Accepted::Duplicate);
@@ -158,6 +178,7 @@ impl Store {
                         continue;
                     }
                     let old = q.get(&k)?.and_then(|v| decode::<WorkItem>(&v));
+                    let old_entry = old.as_ref().map(WorkItem::entry);
                     let merged = match old {
                         None => c.item.clone(),
                         // A reconcile does not override pending work that
@@ -182,6 +203,9 @@ impl Store {
                         },
                     };
                     q.insert(k.clone(), encode(&merged))?;
+                    written
+                        .borrow_mut()
+                        .push((r, k.clone(), old_entry, merged.entry()));
                     queued = true;
                 }
             }
@@ -191,6 +215,11 @@ impl Store {
                 Accepted::Stale
             })
         });
+        if result.is_ok() {
+            for (r, k, old, new) in written.into_inner() {
+                self.regions[r].summary.locked().replace(&k, old, Some(new));
+            }
+        }
         result.map_err(|e| match e {
             TransactionError::Storage(e) => self.io(e),
             TransactionError::Abort(()) => self.io(sled::Error::ReportableBug(
@@ -253,6 +282,22 @@ impl Store {
         self.replace_item(r, done, None)
     }
 
+    /// Region `r`'s queue in figures (kept in memory: no item is read).
+    pub fn queue_figures(&self, r: RegionId) -> QueueFigures {
+        self.regions[r].summary.locked().figures()
+    }
+
+    /// Region `r`'s first `limit` parked items, in key order.
+    pub fn parked_items(&self, r: RegionId, limit: usize) -> Vec<Queued> {
+        let keys = self.regions[r].summary.locked().parked_keys(limit);
+        keys.iter()
+            .filter_map(|k| {
+                let (repository, reference) = split_key(k)?;
+                self.queued_item(r, &repository, &reference)
+            })
+            .collect()
+    }
+
     /// Replaces `old` with `new` (a retry time, an error, parked) unless a
     /// newer change replaced it meanwhile.
     pub fn update_item(
@@ -261,20 +306,27 @@ impl Store {
         old: &Queued,
         new: &WorkItem,
     ) -> Result<bool, StoreError> {
-        self.replace_item(r, old, Some(encode(new)))
+        self.replace_item(r, old, Some(new))
     }
 
     fn replace_item(
         &self,
         r: RegionId,
         old: &Queued,
-        new: Option<Vec<u8>>,
+        new: Option<&WorkItem>,
     ) -> Result<bool, StoreError> {
         let k = key(&old.repository, &old.reference);
-        let swapped = self.regions[r]
+        let region = &self.regions[r];
+        // The summary's lock spans the swap, so a concurrent accept of the
+        // same key cannot apply its figures in between.
+        let mut summary = region.summary.locked();
+        let swapped = region
             .queue
-            .compare_and_swap(k, Some(old.raw.as_slice()), new)
+            .compare_and_swap(&k, Some(old.raw.as_slice()), new.map(encode))
             .map_err(|e| self.io(e))?;
+        if swapped.is_ok() {
+            summary.replace(&k, Some(old.item.entry()), new.map(WorkItem::entry));
+        }
         Ok(swapped.is_ok())
     }
 
@@ -503,5 +555,72 @@ mod tests {
         s.accept(None, &[change("v1", 'f', 5, Origin::Reconcile)])
             .unwrap();
         assert!(s.queued(1, 10)[0].item.digest.as_str().ends_with('a'));
+    }
+
+    /// The in-memory figures agree with a full read of the queue after
+    /// every kind of write, and after a reopen.
+    #[test]
+    fn figures_follow_every_write_of_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |s: &Store| {
+            for r in 0..2 {
+                let items = s.queued(r, usize::MAX);
+                let parked: Vec<&Queued> = items.iter().filter(|q| q.item.parked).collect();
+                assert_eq!(
+                    s.queue_figures(r),
+                    QueueFigures {
+                        len: items.len(),
+                        parked: parked.len(),
+                        oldest_since_ms: items.iter().map(|q| q.item.since_ms).min(),
+                    },
+                    "region {r}"
+                );
+                let listed: Vec<String> = s
+                    .parked_items(r, 100)
+                    .into_iter()
+                    .map(|q| q.reference)
+                    .collect();
+                let expected: Vec<String> = parked.iter().map(|q| q.reference.clone()).collect();
+                assert_eq!(listed, expected, "region {r}");
+            }
+        };
+        {
+            let s = store(dir.path());
+            check(&s);
+            for (i, tag) in ["v1", "v2", "v3"].iter().enumerate() {
+                let id = i.to_string();
+                s.accept(Some(&id), &[change(tag, 'a', 10 + i as u64, Origin::Event)])
+                    .unwrap();
+            }
+            // Coalesced into v1's item: no new item, the oldest lag kept.
+            s.accept(Some("x"), &[change("v1", 'b', 30, Origin::Event)])
+                .unwrap();
+            // Only region b.
+            let mut only_b = change("v4", 'c', 5, Origin::Reconcile);
+            only_b.regions = Some(vec![1]);
+            s.accept(None, &[only_b]).unwrap();
+            check(&s);
+            let v2 = s.queued_item(0, "app", "v2").unwrap();
+            let parked = WorkItem {
+                parked: true,
+                ..v2.item.clone()
+            };
+            assert!(s.update_item(0, &v2, &parked).unwrap());
+            check(&s);
+            let v1 = s.queued_item(1, "app", "v1").unwrap();
+            assert!(s.finish_item(1, &v1).unwrap());
+            // A stale read changes nothing.
+            assert!(!s.finish_item(1, &v1).unwrap());
+            check(&s);
+            assert_eq!(s.unpark_all().unwrap(), 1);
+            check(&s);
+            assert!(
+                s.update_item(0, &s.queued_item(0, "app", "v2").unwrap(), &parked)
+                    .unwrap()
+            );
+        }
+        let s = store(dir.path());
+        check(&s);
+        assert_eq!(s.queue_figures(0).parked, 1);
     }
 }
