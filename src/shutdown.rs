@@ -36,9 +36,15 @@ impl Signal {
     }
 }
 
-/// Installs the SIGINT and SIGTERM handlers now (so a signal that comes
-/// before anyone awaits is not lost, nor fatal) and returns a future that
-/// resolves on the first of them. Call it before serving anything.
+/// Installs the SIGINT, SIGTERM and SIGHUP handlers now (so a signal that
+/// comes before anyone awaits is not lost, nor fatal) and returns a future
+/// that resolves on the first SIGINT or SIGTERM. Call it before serving
+/// anything.
+///
+/// SIGHUP, which service managers send to ask for a reload, does not stop
+/// the daemon (its default action would kill it without a word): georep
+/// does not reload its config, so it says so in the log and goes on with
+/// the config it has; a restart applies a new one.
 pub fn os_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
@@ -46,13 +52,33 @@ pub fn os_signal() -> impl std::future::Future<Output = ()> {
         let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         );
         async move {
             match handlers {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                (Ok(mut term), Ok(mut int), hup) => {
+                    let mut hup = hup.ok();
+                    loop {
+                        let hangup = async {
+                            match hup.as_mut() {
+                                Some(h) => h.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            _ = term.recv() => {
+                                tracing::info!("SIGTERM: shutting down");
+                                return;
+                            }
+                            _ = int.recv() => {
+                                tracing::info!("SIGINT: shutting down");
+                                return;
+                            }
+                            Some(()) = hangup => tracing::warn!(
+                                "SIGHUP: georep does not reload its config; it goes on with the one it \
+                                 started with (restart it to apply changes)"
+                            ),
+                        }
                     }
                 }
                 _ => {

@@ -589,7 +589,7 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_config_and_busy_port_fail_before_serving_and_sigterm_drains() {
+async fn bad_config_and_busy_port_fail_before_serving_and_sighup_is_survived_and_sigterm_drains() {
     let port = free_port().unwrap();
     let cluster = Cluster::start(1).await;
     let bad = cluster.config(
@@ -622,6 +622,20 @@ async fn bad_config_and_busy_port_fail_before_serving_and_sigterm_drains() {
         &daemon_yaml(port, ""),
     );
     let mut daemon = DaemonProc::start(&config, port, &[]).await;
+    // SIGHUP (a service manager's "reload") neither kills nor stops it.
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for("the SIGHUP log line", Duration::from_secs(10), async || {
+        daemon
+            .log_text()
+            .contains("SIGHUP: georep does not reload its config")
+    })
+    .await;
+    let health = reqwest::get(daemon.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "still serving after SIGHUP");
     assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
     assert!(daemon.log_text().contains("georep daemon stopped"));
 }
