@@ -167,6 +167,8 @@ impl Metrics {
 /// Per-region values read at scrape time.
 pub struct RegionGauges<'a> {
     pub name: &'a str,
+    /// The region answers (its circuit breaker is not open).
+    pub up: bool,
     pub queue_depth: usize,
     pub parked: usize,
     pub in_flight: usize,
@@ -197,7 +199,24 @@ type Series = (
 /// The Prometheus text format (version 0.0.4) of everything.
 pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
     let mut out = String::new();
-    let per_region: [Series; 11] = [
+    header(
+        &mut out,
+        "georep_build_info",
+        "gauge",
+        "The running georep's version (always 1).",
+    );
+    let _ = writeln!(
+        out,
+        "georep_build_info{{version=\"{}\"}} 1",
+        label(env!("CARGO_PKG_VERSION"))
+    );
+    let per_region: [Series; 12] = [
+        (
+            "georep_region_up",
+            "gauge",
+            "1 while the region answers, 0 while it is unreachable (its circuit breaker is open).",
+            |g, _| if g.up { 1.0 } else { 0.0 },
+        ),
         (
             "georep_blobs_copied_total",
             "counter",
@@ -387,6 +406,7 @@ mod tests {
             &m,
             &[RegionGauges {
                 name: "east\"us",
+                up: false,
                 queue_depth: 3,
                 parked: 1,
                 in_flight: 2,
@@ -400,6 +420,11 @@ mod tests {
             }],
         );
         assert!(text.contains("georep_queue_depth{region=\"east\\\"us\"} 3"));
+        assert!(text.contains("georep_region_up{region=\"east\\\"us\"} 0"));
+        assert!(text.contains(&format!(
+            "georep_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
         assert!(text.contains(
             "georep_replication_latency_seconds_bucket{region=\"east\\\"us\",le=\"0.5\"} 1"
         ));

@@ -33,6 +33,9 @@ pub struct PrimaryView {
 pub struct RegionStatusView {
     pub name: String,
     pub url: String,
+    /// The region answers (its circuit breaker is not open).
+    #[serde(default = "reachable_by_default")]
+    pub reachable: bool,
     /// Items waiting (parked ones not included).
     pub queue_depth: usize,
     pub in_flight: usize,
@@ -50,6 +53,11 @@ pub struct RegionStatusView {
     #[serde(default)]
     pub blobs_mounted: u64,
     pub manifests_pushed: u64,
+}
+
+/// A daemon of a version before `reachable` did not say otherwise.
+fn reachable_by_default() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -298,6 +298,14 @@ async fn a_stopped_region_catches_up_without_delaying_the_others() {
         async || daemon.status().await["regions"][2]["last_error"].is_string(),
     )
     .await;
+    let up = r#"georep_region_up{region="brazilsouth"}"#;
+    wait_for(
+        "the region down in the metrics",
+        Duration::from_secs(15),
+        async || metric(&daemon.metrics().await, up) == Some(0.0),
+    )
+    .await;
+    assert_eq!(daemon.status().await["regions"][2]["reachable"], false);
 
     cluster.replicas[2].restart().await.unwrap();
     wait_for(
@@ -307,6 +315,8 @@ async fn a_stopped_region_catches_up_without_delaying_the_others() {
     )
     .await;
     assert_eq!(daemon.status().await["regions"][2]["lag_items"], 0);
+    assert_eq!(metric(&daemon.metrics().await, up), Some(1.0));
+    assert_eq!(daemon.status().await["regions"][2]["reachable"], true);
 }
 
 /// A region that loses what georep copied there (wiped, here) is found by

@@ -244,6 +244,7 @@ async fn metrics_text(State(state): State<Arc<ApiState>>) -> Response {
         .iter()
         .map(|v| RegionGauges {
             name: &v.name,
+            up: v.reachable,
             queue_depth: v.lag_items,
             parked: v.parked_count,
             in_flight: v.in_flight,

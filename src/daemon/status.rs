@@ -41,6 +41,7 @@ impl Sources {
                 RegionStatusView {
                     name: reg.name().to_owned(),
                     url: reg.url().to_owned(),
+                    reachable: !reg.is_unreachable(),
                     queue_depth: (queue.len - queue.parked).saturating_sub(in_flight),
                     in_flight,
                     lag_items: queue.len,
