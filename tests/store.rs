@@ -229,11 +229,14 @@ async fn status_busy_store_and_rebuild_state() {
     let held = georep::engine::Engine::open_store(&config_loaded).unwrap();
     let out = georep(&["status", "--config", cfg], &[]).await;
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another georep process"), "{err}");
+    // It names the holder (this test's process) and what to do.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("in use by another georep process"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains(&format!("(pid {}: ", std::process::id())),
+        "{err}"
     );
+    assert!(err.contains("georep status"), "{err}");
     drop(held);
 
     // Corrupt: every file of the store overwritten with junk.

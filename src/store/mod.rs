@@ -74,6 +74,7 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
                 if Instant::now() >= deadline {
                     return Err(StoreError::Busy {
                         path: path.to_owned(),
+                        holder: lock_holder(path),
                     });
                 }
                 std::thread::sleep(pause);
@@ -89,14 +90,62 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// The process holding the lock on the store at `path` (`pid N: command
+/// line`), from Linux's `/proc/locks`; `None` where the system does not tell.
+fn lock_holder(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // sled takes an exclusive flock on the `db` file.
+        let meta = std::fs::metadata(path.join("db")).ok()?;
+        let dev = meta.dev();
+        // glibc's encoding of a device number; /proc/locks prints
+        // `major:minor:inode`, the first two in hex.
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
+        let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
+        let want = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        let pid = locks.lines().find_map(|line| {
+            // Waiters are listed as `N: -> FLOCK ...`: not holders.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(5) == Some(&want.as_str())).then(|| fields.get(4).map(|p| p.to_string()))?
+        })?;
+        let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|part| !part.is_empty())
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        Some(if command.is_empty() {
+            format!("pid {pid}")
+        } else {
+            format!("pid {pid}: {command}")
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the state store {} is in use by another georep process (a sync or the daemon); wait for it to finish",
-        path.display()
+        "the state store {} is in use by another georep process{}: a daemon holds it for as long as it runs — `georep status` asks a running daemon instead, other commands need it stopped first (SIGTERM lets it drain); a `georep sync` lets go when it ends",
+        path.display(),
+        holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
     )]
-    Busy { path: PathBuf },
+    Busy {
+        path: PathBuf,
+        /// The process holding it (`pid N: command line`), when the system
+        /// tells.
+        holder: Option<String>,
+    },
     #[error(
         "the state store {} has schema version {found}, newer than this georep understands ({SCHEMA_VERSION}): upgrade georep, or run `georep sync --rebuild-state` to start a new store",
         path.display()
