@@ -48,12 +48,13 @@ async fn dry_run_writes_nothing_and_predicts_the_sync() {
             "{region:#}"
         );
     }
-    // A dry run is not a pass: status still says nothing was ever synced.
-    let status = georep(&["status", "--config", path, "--json"], &[]).await;
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    for region in status["regions"].as_array().unwrap() {
-        assert!(region["last_success_at"].is_null(), "{region:#}");
-    }
+    // A dry run writes nothing: with no state yet, it leaves none behind,
+    // and status still says nothing was ever synced.
+    let state = cluster.dir.path().join("state");
+    assert!(!state.exists(), "a dry run created {}", state.display());
+    let status = georep(&["status", "--config", path], &[]).await;
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("no state store"));
 
     // The human form says what it is and lists the tags.
     let out = georep(&["sync", "--config", path, "--dry-run"], &[]).await;

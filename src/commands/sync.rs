@@ -8,7 +8,12 @@ use crate::engine::{Engine, SyncOptions, store_path};
 use crate::progress::ProgressMode;
 
 pub async fn run(args: &SyncArgs, log_format: LogFormat) -> anyhow::Result<ExitStatus> {
-    let config = super::load_with_state_dir(&args.config)?;
+    // A dry run writes nothing, not even a state directory.
+    let config = if args.dry_run {
+        crate::config::load(&args.config)?
+    } else {
+        super::load_with_state_dir(&args.config)?
+    };
     if args.rebuild_state {
         let path = store_path(&config);
         // Never move a store another georep is writing to.
@@ -30,7 +35,12 @@ pub async fn run(args: &SyncArgs, log_format: LogFormat) -> anyhow::Result<ExitS
             );
         }
     }
-    let store = Engine::open_store(&config)?;
+    let store = if args.dry_run && !store_path(&config).exists() {
+        // Nothing recorded yet: plan on a store that leaves nothing behind.
+        Engine::temporary_store(&config)?
+    } else {
+        Engine::open_store(&config)?
+    };
     let engine = Engine::new(&config, store);
     let pass = engine.sync(SyncOptions {
         verify: args.verify || args.rebuild_state,

@@ -2,7 +2,9 @@
 //! against the store, the HEADs that ask the regions (reads only) — but each
 //! write is replaced by an entry in the plan, and counted as the write it
 //! stands for. What a dry run learns by reading is true and is remembered
-//! in the store; nothing else is recorded (not even that a pass ran).
+//! in an existing store; nothing else is recorded (not even that a pass
+//! ran), and with no store yet it plans on a temporary one, so no state
+//! directory is created.
 //!
 //! The plan also stands in for the facts a real pass would have gained: a
 //! blob planned for a repository is not counted again for the next image,

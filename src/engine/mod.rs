@@ -51,6 +51,15 @@ pub fn store_path(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("store")
 }
 
+/// The regions as the store knows them: (name, URL), in config order.
+fn region_names(config: &Config) -> Vec<(String, String)> {
+    config
+        .regions
+        .iter()
+        .map(|r| (r.name.clone(), r.display_url()))
+        .collect()
+}
+
 /// Tags listed one by one in a report; beyond, they are only counted.
 pub const MAX_TAG_DETAILS: usize = 1000;
 
@@ -136,12 +145,16 @@ impl Engine {
     /// Opens the store in the config's state directory for this config's
     /// regions.
     pub fn open_store(config: &Config) -> Result<Arc<Store>, crate::store::StoreError> {
-        let regions: Vec<(String, String)> = config
-            .regions
-            .iter()
-            .map(|r| (r.name.clone(), r.display_url()))
-            .collect();
-        Ok(Arc::new(Store::open(&store_path(config), &regions)?))
+        Ok(Arc::new(Store::open(
+            &store_path(config),
+            &region_names(config),
+        )?))
+    }
+
+    /// A temporary store for this config's regions, gone when dropped
+    /// (a dry run with no store yet).
+    pub fn temporary_store(config: &Config) -> Result<Arc<Store>, crate::store::StoreError> {
+        Ok(Arc::new(Store::open_temporary(&region_names(config))?))
     }
 
     pub fn new(config: &Config, store: Arc<Store>) -> Engine {

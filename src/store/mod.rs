@@ -261,6 +261,27 @@ impl Store {
             detail: format!("cannot create the directory: {e}"),
         })?;
         let db = open_sled(path)?;
+        Store::on(db, path, regions)
+    }
+
+    /// A store that lives in memory and temporary files only, gone when
+    /// dropped: for a dry run with no store yet, which must leave nothing
+    /// behind.
+    pub fn open_temporary(regions: &[(String, String)]) -> Result<Store, StoreError> {
+        let path = Path::new("(temporary store)");
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| StoreError::Unreadable {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Store::on(db, path, regions)
+    }
+
+    /// The store on an open sled database.
+    fn on(db: sled::Db, path: &Path, regions: &[(String, String)]) -> Result<Store, StoreError> {
         let io = |error| StoreError::Io {
             path: path.to_owned(),
             error,
