@@ -152,6 +152,10 @@ impl Store {
         let mut trees: Vec<&sled::Tree> = vec![&self.events, &self.latest];
         trees.extend(self.regions.iter().map(|r| &r.queue));
         let now = now_unix_ms();
+        // Every region's summary is held from before the transaction until
+        // its figures are applied (in region order; an item swap holds one),
+        // so no swap of an item this writes can fall in between.
+        let mut summaries: Vec<_> = self.regions.iter().map(|r| r.summary.locked()).collect();
         // What the transaction wrote, for the summaries once it commits
         // (its closure may run more than once).
         let written: RefCell<Vec<Written>> = RefCell::new(Vec::new());
@@ -217,7 +221,7 @@ impl Store {
         });
         if result.is_ok() {
             for (r, k, old, new) in written.into_inner() {
-                self.regions[r].summary.locked().replace(&k, old, Some(new));
+                summaries[r].replace(&k, old, Some(new));
             }
         }
         result.map_err(|e| match e {
@@ -317,8 +321,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let k = key(&old.repository, &old.reference);
         let region = &self.regions[r];
-        // The summary's lock spans the swap, so a concurrent accept of the
-        // same key cannot apply its figures in between.
+        // The summary's lock spans the swap, and an accept holds it over
+        // its whole transaction: the figures change in the order the queue
+        // does.
         let mut summary = region.summary.locked();
         let swapped = region
             .queue
