@@ -62,7 +62,7 @@ pub fn compute(config: &config::Config, store: &Store) -> Status {
                 last_success_at: s.last_success_at,
                 last_error: s.last_error,
                 last_error_at: s.last_error_at,
-                queued: store.queue_len(r),
+                queued: store.queue_figures(r).len,
             }
         })
         .collect();

@@ -186,17 +186,17 @@ pub struct RegistryConfig {
     pub max_requests_per_sec: Option<u32>,
     /// Bytes per second read from or written to this registry, at most.
     pub max_bytes_per_sec: Option<u64>,
-    /// Extra trust and a client identity for https.
-    pub tls: Tls,
     /// Plain http to a non-loopback host allowed; https certificates not
     /// verified.
     pub insecure: bool,
-    /// A client of its own for the TLS settings, built when the config
-    /// loaded (so it is known to build); `None`: the shared client.
+    /// A client of its own carrying the registry's TLS settings (extra
+    /// trust, a client identity, `insecure` on https), built when the
+    /// config loaded (so it is known to build); `None`: the shared client.
     pub client: Option<reqwest::Client>,
 }
 
-/// TLS material of one registry, read and checked when the config loads.
+/// TLS material of one registry, read and checked when the config loads;
+/// what is kept of it is the client built with it.
 #[derive(Clone, Default)]
 pub struct Tls {
     /// PEM certificates trusted besides the system roots.
@@ -206,10 +206,6 @@ pub struct Tls {
 }
 
 impl Tls {
-    pub fn is_default(&self) -> bool {
-        self.ca_pem.is_none() && self.identity_pem.is_none()
-    }
-
     /// These settings (and `insecure` on an https `url`) for the client
     /// builder.
     pub fn settings<'a>(&'a self, insecure: bool, url: &url::Url) -> crate::http::TlsSettings<'a> {
@@ -242,7 +238,6 @@ impl RegistryConfig {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_requests_per_sec: None,
             max_bytes_per_sec: None,
-            tls: Tls::default(),
             insecure: false,
             client: None,
         })

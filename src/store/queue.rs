@@ -275,11 +275,6 @@ impl Store {
             .unwrap_or(false)
     }
 
-    /// How many items region `r` has queued (parked included).
-    pub fn queue_len(&self, r: RegionId) -> usize {
-        self.regions[r].queue.len()
-    }
-
     /// Removes `done` from region `r`'s queue unless it changed since it
     /// was read. Returns whether it was removed.
     pub fn finish_item(&self, r: RegionId, done: &Queued) -> Result<bool, StoreError> {
@@ -531,11 +526,11 @@ mod tests {
         s.accept(Some("2"), &[change("v1", 'b', 20, Origin::Event)])
             .unwrap();
         assert!(!s.finish_item(0, &read).unwrap());
-        assert_eq!(s.queue_len(0), 1);
+        assert_eq!(s.queued(0, usize::MAX).len(), 1);
         let read = s.queued(0, 10).remove(0);
         assert!(s.finish_item(0, &read).unwrap());
-        assert_eq!(s.queue_len(0), 0);
-        assert_eq!(s.queue_len(1), 1);
+        assert_eq!(s.queued(0, usize::MAX).len(), 0);
+        assert_eq!(s.queued(1, usize::MAX).len(), 1);
     }
 
     #[test]

@@ -109,7 +109,6 @@ impl Validator<'_> {
             max_concurrent_requests,
             max_requests_per_sec,
             max_bytes_per_sec,
-            tls,
             insecure,
             client,
         })
