@@ -56,6 +56,19 @@ pub enum Command {
     /// Ask a running daemon's /healthz (at the config's `listen` address, or
     /// --url): exit 0 healthy, 1 not (a container health check).
     Health(HealthArgs),
+    /// Outgoing notifications: `georep notify test TARGET` posts a sample
+    /// event to one `notify:` target and says what it answered.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  georep notify test --config georep.yaml chat
+  georep notify test --config georep.yaml https://hooks.example.com/georep --event deleted
+
+Exit status: 0 the target answered 2xx, 1 it refused or could not be
+reached (the message says which, and whether the daemon would retry), 2 bad
+config or usage."
+    )]
+    Notify(NotifyCommand),
     /// Start a local primary and two replica registries, push sample images,
     /// replicate them and show where each tag landed.
     Demo(DemoArgs),
@@ -325,6 +338,24 @@ pub struct HealthArgs {
     pub timeout: String,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Post a sample event (repository `georep/notify-test`) to a target,
+    /// in its format and with its credentials; exit 0 if it answered 2xx.
+    Test(NotifyTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyTestArgs {
+    #[arg(long, short, env = "GEOREP_CONFIG")]
+    pub config: PathBuf,
+    /// The target: its `name`, or its URL as written in the config.
+    pub target: String,
+    /// The kind of event to send (replicated, complete, deleted, failed).
+    #[arg(long, default_value = "complete")]
+    pub event: String,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -350,7 +381,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 8);
+        assert_eq!(seen, 9);
         cli.debug_assert();
     }
 }

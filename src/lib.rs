@@ -52,6 +52,7 @@ pub mod http;
 pub mod lab;
 pub mod lock;
 pub mod metrics;
+pub mod notify;
 pub mod progress;
 pub mod registry;
 pub mod resources;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use georep::cli::{Cli, Command, LogFormat};
+use georep::cli::{Cli, Command, LogFormat, NotifyCommand};
 use georep::commands::{self, ExitStatus};
 
 fn main() -> ExitCode {
@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Status(a) => commands::status::run(a).await,
             Command::CheckConfig(a) => commands::check_config::run(a),
             Command::Health(a) => commands::health::run(a).await,
+            Command::Notify(NotifyCommand::Test(a)) => commands::notify::test(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
             Command::Bench(a) => commands::bench::run(a).await,
             Command::BenchChild(a) => commands::bench::child(a).await,

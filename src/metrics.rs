@@ -125,8 +125,6 @@ pub struct Metrics {
     pub reconciles: AtomicU64,
     pub reconcile_failures: AtomicU64,
     pub audits: AtomicU64,
-    pub notifications_sent: AtomicU64,
-    pub notifications_failed: AtomicU64,
     /// From the primary's event time to the last region done.
     pub complete_latency: Histogram,
 }
@@ -141,8 +139,6 @@ impl Metrics {
             reconciles: AtomicU64::new(0),
             reconcile_failures: AtomicU64::new(0),
             audits: AtomicU64::new(0),
-            notifications_sent: AtomicU64::new(0),
-            notifications_failed: AtomicU64::new(0),
             complete_latency: Histogram::default(),
         }
     }
@@ -176,6 +172,15 @@ pub struct RegionGauges<'a> {
     pub copied: CopyCounts,
 }
 
+/// One outgoing notification target's figures, read at scrape time.
+pub struct TargetGauges<'a> {
+    pub name: &'a str,
+    pub sent: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub pending: usize,
+}
+
 /// A label value, escaped as the text format asks.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -197,7 +202,7 @@ type Series = (
 );
 
 /// The Prometheus text format (version 0.0.4) of everything.
-pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
+pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges<'_>]) -> String {
     let mut out = String::new();
     header(
         &mut out,
@@ -347,7 +352,7 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
             m.events(r)
         );
     }
-    let plain: [(&str, &str, &AtomicU64); 7] = [
+    let plain: [(&str, &str, &AtomicU64); 5] = [
         (
             "georep_webhook_unauthorized_total",
             "Webhook requests refused for missing or wrong credentials.",
@@ -373,20 +378,51 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>]) -> String {
             "Audits of what the regions serve against what georep recorded.",
             &m.audits,
         ),
-        (
-            "georep_notifications_sent_total",
-            "Outgoing notifications delivered.",
-            &m.notifications_sent,
-        ),
-        (
-            "georep_notifications_failed_total",
-            "Outgoing notifications given up on.",
-            &m.notifications_failed,
-        ),
     ];
     for (name, help, v) in plain {
         header(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    type TargetSeries = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&TargetGauges<'_>) -> f64,
+    );
+    let per_target: [TargetSeries; 4] = [
+        (
+            "georep_notifications_sent_total",
+            "counter",
+            "Outgoing notifications delivered, per target.",
+            |t| t.sent as f64,
+        ),
+        (
+            "georep_notifications_failed_total",
+            "counter",
+            "Outgoing notifications given up on (refused, or failing after every retry).",
+            |t| t.failed as f64,
+        ),
+        (
+            "georep_notifications_dropped_total",
+            "counter",
+            "Outgoing notifications dropped unsent because the outbox was full.",
+            |t| t.dropped as f64,
+        ),
+        (
+            "georep_notifications_pending",
+            "gauge",
+            "Outgoing notifications waiting in the outbox (retries included).",
+            |t| t.pending as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_target {
+        if targets.is_empty() {
+            break;
+        }
+        header(&mut out, name, kind, help);
+        for t in targets {
+            let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", label(t.name), value(t));
+        }
     }
     out
 }
@@ -418,7 +454,16 @@ mod tests {
                     manifests_pushed: 4,
                 },
             }],
+            &[TargetGauges {
+                name: "chat",
+                sent: 5,
+                failed: 1,
+                dropped: 0,
+                pending: 2,
+            }],
         );
+        assert!(text.contains("georep_notifications_sent_total{target=\"chat\"} 5"));
+        assert!(text.contains("georep_notifications_pending{target=\"chat\"} 2"));
         assert!(text.contains("georep_queue_depth{region=\"east\\\"us\"} 3"));
         assert!(text.contains("georep_region_up{region=\"east\\\"us\"} 0"));
         assert!(text.contains(&format!(

@@ -20,6 +20,9 @@ pub struct StatusView {
     pub events_queued: u64,
     pub events_duplicate: u64,
     pub events_rejected: u64,
+    /// Outgoing notification targets: what waits and what was delivered.
+    #[serde(default)]
+    pub notify: Vec<crate::notify::TargetView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,7 +67,8 @@ fn reachable_by_default() -> bool {
 pub struct ParkedView {
     pub repository: String,
     pub reference: String,
-    pub digest: String,
+    /// Absent for a delete by tag whose digest georep never saw.
+    pub digest: Option<String>,
     pub attempts: u32,
     pub reason: String,
 }

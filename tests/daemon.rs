@@ -27,6 +27,14 @@ async fn region_has(url: &str, repo: &str, tag: &str, digest: &georep::digest::D
 
 /// Outgoing notifications received by a test endpoint.
 async fn notification_sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    notification_sink_on(l)
+}
+
+/// A notification sink on `l`.
+fn notification_sink_on(
+    l: tokio::net::TcpListener,
+) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let app = axum::Router::new().route(
         "/hook",
@@ -41,7 +49,6 @@ async fn notification_sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, got)
@@ -513,11 +520,13 @@ async fn the_webhook_refuses_bad_input_and_credentials() {
 async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
     let (listener, port) = bound();
     let cluster = Cluster::notifying(1, port, None).await;
+    let (hook, received) = notification_sink().await;
     let yaml = |dry: bool| {
         daemon_yaml(
             port,
             &format!(
-                "poll_interval_secs: 3600\ndeletes:\n  policy: propagate\n  max_per_hour: 1\n  dry_run: {dry}\n"
+                "poll_interval_secs: 3600\ndeletes:\n  policy: propagate\n  max_per_hour: 1\n  dry_run: {dry}\n\
+                 notify:\n  - url: {hook}\n    events: [complete, deleted]\n"
             ),
         )
     };
@@ -541,6 +550,10 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
         })
         .await;
     }
+    wait_for("both complete", Duration::from_secs(10), async || {
+        received.lock().unwrap().len() >= 2
+    })
+    .await;
     for m in [&a, &b] {
         assert!(
             primary
@@ -584,9 +597,45 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
         !(gone(&a.digest).await && gone(&b.digest).await),
         "both deleted despite the cap"
     );
+    let deleted = if gone(&a.digest).await { &a } else { &b };
+    // A delete is announced as `deleted`, with the digest the registry
+    // named, never as `complete`, and never with a digest nobody read.
+    wait_for("the deleted event", Duration::from_secs(10), async || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n["event"] == "deleted" && n["digest"] == deleted.digest.as_str())
+    })
+    .await;
+    let got = received.lock().unwrap().clone();
+    let empty = georep::digest::Digest::sha256_of(b"");
+    for n in &got {
+        assert_ne!(n["digest"], empty.as_str(), "a placeholder digest: {n}");
+        if n["event"] == "complete" {
+            assert!(
+                [&a.digest, &b.digest]
+                    .iter()
+                    .any(|d| n["digest"] == d.as_str() && n["tag"].is_string()),
+                "{n}"
+            );
+        }
+    }
+    assert_eq!(
+        got.iter().filter(|n| n["event"] == "complete").count(),
+        2,
+        "one `complete` per push, none for deletes: {got:#?}"
+    );
+    assert!(
+        !daemon
+            .log_text()
+            .contains(&format!("del/app@{} complete", deleted.digest)),
+        "a delete logged as complete"
+    );
     assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
+    let before = received.lock().unwrap().len();
 
-    // Dry run: the pending delete is only logged.
+    // Dry run: the pending delete is only logged, and nothing is announced.
     let config = cluster.config(&cluster.primary.url(), &cluster.replica_urls(), &yaml(true));
     let daemon = DaemonProc::in_process(&config, rebind(port), &[]).await;
     wait_for(
@@ -596,6 +645,107 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
     )
     .await;
     assert!(!(gone(&a.digest).await && gone(&b.digest).await));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        received.lock().unwrap().len(),
+        before,
+        "a dry run sent notifications: {:#?}",
+        received.lock().unwrap()
+    );
+    assert!(
+        !daemon.log_text().contains("complete in every region"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_keep_their_scope_and_format_and_survive_a_restart() {
+    let (listener, port) = bound();
+    let cluster = Cluster::notifying(1, port, None).await;
+    // The target is down at first: its port is known but nobody listens.
+    let (hook_listener, hook_port) = bound();
+    drop(hook_listener);
+    let hook = format!("http://127.0.0.1:{hook_port}/hook");
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &daemon_yaml(
+            port,
+            &format!(
+                "poll_interval_secs: 3600\nnotify:\n  - name: cd\n    url: {hook}\n    format: registry\n    \
+                 events: [replicated]\n    scope: [\"team/*:v*\"]\n"
+            ),
+        ),
+    );
+    let mut daemon = DaemonProc::in_process(&config, listener, &[]).await;
+    let primary = client(&cluster.primary.url());
+    let wanted = push_image(&primary, "team/app", "v1", 4096, 21)
+        .await
+        .unwrap();
+    let _other = push_image(&primary, "other/app", "v1", 4096, 22)
+        .await
+        .unwrap();
+    let _latest = push_image(&primary, "team/app", "latest", 4096, 23)
+        .await
+        .unwrap();
+    wait_for("a failed delivery", Duration::from_secs(30), async || {
+        let s = daemon.status().await;
+        s["notify"][0]["last_failure"].is_string() && s["notify"][0]["pending"] == 1
+    })
+    .await;
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        metric(&metrics, "georep_notifications_pending{target=\"cd\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
+
+    // The target comes up; the next daemon delivers what was waiting.
+    let (_, received) = notification_sink_on(
+        tokio::net::TcpListener::from_std({
+            let l = rebind(hook_port);
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .unwrap(),
+    );
+    let daemon = DaemonProc::in_process(&config, rebind(port), &[]).await;
+    wait_for("the delivery", Duration::from_secs(30), async || {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "only team/app:v1 is in scope: {got:#?}");
+    let e = &got[0]["events"][0];
+    assert_eq!(e["action"], "push");
+    assert_eq!(e["target"]["repository"], "team/app");
+    assert_eq!(e["target"]["tag"], "v1");
+    assert_eq!(e["target"]["digest"], wanted.digest.as_str());
+    assert_eq!(e["region"], "eastus");
+    assert!(
+        e["request"]["useragent"]
+            .as_str()
+            .unwrap()
+            .starts_with("georep/")
+    );
+    let s = daemon.status().await;
+    assert_eq!(s["notify"][0]["sent"], 1, "{s:#}");
+    assert_eq!(s["notify"][0]["pending"], 0, "{s:#}");
+
+    // `georep notify test` sends a sample to the same target.
+    let cfg = config.to_str().unwrap();
+    let out = georep(&["notify", "test", "--config", cfg, "cd"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = georep(&["notify", "test", "--config", cfg, "nope"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its targets are: cd"));
+    wait_for("the sample", Duration::from_secs(5), async || {
+        received.lock().unwrap().len() == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use sha2::Digest as _;
 
 use crate::config::{DaemonConfig, HttpAuth};
 use crate::engine::CopyCounts;
-use crate::metrics::{Metrics, RegionGauges};
+use crate::metrics::{Metrics, RegionGauges, TargetGauges};
 use crate::registry::Registry;
 use crate::status::StatusView;
 use crate::store::Store;
@@ -257,7 +257,18 @@ async fn metrics_text(State(state): State<Arc<ApiState>>) -> Response {
             },
         })
         .collect();
-    let text = crate::metrics::render(&state.metrics, &gauges);
+    let targets: Vec<TargetGauges<'_>> = view
+        .notify
+        .iter()
+        .map(|t| TargetGauges {
+            name: &t.name,
+            sent: t.sent,
+            failed: t.failed,
+            dropped: t.dropped,
+            pending: t.pending,
+        })
+        .collect();
+    let text = crate::metrics::render(&state.metrics, &gauges, &targets);
     (
         [(
             header::CONTENT_TYPE,

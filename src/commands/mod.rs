@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check_config;
 pub mod demo;
 pub mod health;
+pub mod notify;
 pub mod run;
 pub mod status;
 pub mod sync;

@@ -114,10 +114,19 @@ pub struct FileDeletes {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileNotify {
+    /// How logs, metrics and `georep notify test` call the target.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
     pub url: Spanned<String>,
-    /// `replicated` (complete in one region) and/or `complete` (in all).
+    /// Any of `replicated`, `complete`, `deleted`, `failed`.
     #[serde(default)]
     pub events: Vec<Spanned<String>>,
+    /// repository[:tag] patterns (ACR's webhook scope).
+    #[serde(default)]
+    pub scope: Vec<Spanned<String>>,
+    /// `georep` (default), `registry` or `acr`.
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
     /// A bearer token sent with each notification, from this variable.
     #[serde(default)]
     pub bearer_token_env: Option<Spanned<String>>,

@@ -9,14 +9,15 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde_saphyr::{Location, Spanned};
 
-use super::file::{FileConfig, FileSize};
+use super::file::{FileConfig, FileNotify, FileSize};
 mod access;
 
 use access::url_identity;
 
 use super::{
     Concurrency, Config, DEFAULT_MAX_ATTEMPTS, DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig,
-    DeletePolicy, NotifyTarget, RepositoryFilter, Secret, Timeouts,
+    DeletePolicy, NotifyEvent, NotifyFormat, NotifyScope, NotifyTarget, RepositoryFilter, Secret,
+    Timeouts,
 };
 
 /// Why a config could not be loaded.
@@ -412,57 +413,22 @@ impl Validator<'_> {
             "max_per_hour",
             d.max_deletes_per_hour,
         );
-        let mut notify = Vec::new();
+        let mut notify: Vec<NotifyTarget> = Vec::new();
         for n in &file.notify {
-            let url = self.url(&n.url);
-            let mut on_replicated = false;
-            let mut on_complete = false;
-            for e in &n.events {
-                match e.value.as_str() {
-                    "replicated" => on_replicated = true,
-                    "complete" => on_complete = true,
-                    other => self.issue(
-                        e.referenced,
-                        format!("notify events are `replicated` and `complete`, not {other:?}"),
+            let Some(t) = self.notify_target(n) else {
+                continue;
+            };
+            if notify.iter().any(|o| o.name == t.name) {
+                let at = n.name.as_ref().map_or(n.url.referenced, |n| n.referenced);
+                self.issue(
+                    at,
+                    format!(
+                        "two notify targets are called {:?}: give each a different `name`",
+                        t.name
                     ),
-                }
+                );
             }
-            if n.events.is_empty() {
-                on_complete = true;
-            }
-            let bearer_token =
-                n.bearer_token_env
-                    .as_ref()
-                    .and_then(|var| match (self.env)(&var.value) {
-                        Some(t) => Some(Secret::new(t)),
-                        None => {
-                            self.issue(
-                                var.referenced,
-                                format!("environment variable {} is not set", var.value),
-                            );
-                            None
-                        }
-                    });
-            let timeout = Duration::from_secs(self.positive(
-                &n.timeout_secs,
-                "timeout_secs",
-                DEFAULT_NOTIFY_TIMEOUT_SECS,
-            ));
-            if let Some(mut url) = url {
-                // `url()` adds the trailing slash a registry base needs; a
-                // webhook is posted to exactly as written.
-                if !n.url.value.trim().ends_with('/') && url.path() != "/" {
-                    let p = url.path().trim_end_matches('/').to_owned();
-                    url.set_path(&p);
-                }
-                notify.push(NotifyTarget {
-                    url,
-                    on_replicated,
-                    on_complete,
-                    bearer_token,
-                    timeout,
-                });
-            }
+            notify.push(t);
         }
         DaemonConfig {
             listen,
@@ -479,6 +445,126 @@ impl Validator<'_> {
             deletes_dry_run: file.deletes.dry_run,
             notify,
         }
+    }
+
+    /// One outgoing webhook; `None` when its URL is wrong (said).
+    fn notify_target(&mut self, n: &FileNotify) -> Option<NotifyTarget> {
+        let url = self.url(&n.url);
+        let mut events = Vec::new();
+        for e in &n.events {
+            match NotifyEvent::parse(&e.value) {
+                Some(ev) if !events.contains(&ev) => events.push(ev),
+                Some(_) => {}
+                None => self.issue(
+                    e.referenced,
+                    format!(
+                        "notify events are {}, not {:?}",
+                        NotifyEvent::ALL
+                            .map(|e| format!("`{}`", e.as_str()))
+                            .join(", "),
+                        e.value
+                    ),
+                ),
+            }
+        }
+        if n.events.is_empty() {
+            events.push(NotifyEvent::Complete);
+        }
+        let format = match n.format.as_ref().map(|f| (f.value.as_str(), f.referenced)) {
+            None | Some(("georep", _)) => NotifyFormat::Georep,
+            Some(("registry", _)) => NotifyFormat::Registry,
+            Some(("acr", _)) => NotifyFormat::Acr,
+            Some((other, at)) => {
+                self.issue(
+                    at,
+                    format!("notify format is `georep`, `registry` or `acr`, not {other:?}"),
+                );
+                NotifyFormat::Georep
+            }
+        };
+        let scope = self.notify_scope(&n.scope);
+        let bearer_token =
+            n.bearer_token_env
+                .as_ref()
+                .and_then(|var| match (self.env)(&var.value) {
+                    Some(t) => Some(Secret::new(t)),
+                    None => {
+                        self.issue(
+                            var.referenced,
+                            format!("environment variable {} is not set", var.value),
+                        );
+                        None
+                    }
+                });
+        let timeout = Duration::from_secs(self.positive(
+            &n.timeout_secs,
+            "timeout_secs",
+            DEFAULT_NOTIFY_TIMEOUT_SECS,
+        ));
+        let mut url = url?;
+        // `url()` adds the trailing slash a registry base needs; a
+        // webhook is posted to exactly as written.
+        if !n.url.value.trim().ends_with('/') && url.path() != "/" {
+            let p = url.path().trim_end_matches('/').to_owned();
+            url.set_path(&p);
+        }
+        let name = match &n.name {
+            Some(name) if name.value.trim().is_empty() => {
+                self.issue(name.referenced, "a notify target's name must not be empty");
+                name.value.clone()
+            }
+            Some(name) => name.value.clone(),
+            None => format!(
+                "{}{}",
+                url.host_str().unwrap_or(""),
+                url.path().trim_end_matches('/')
+            ),
+        };
+        Some(NotifyTarget {
+            name,
+            url,
+            events,
+            scope,
+            format,
+            bearer_token,
+            timeout,
+        })
+    }
+
+    /// A notify target's `scope`: `repository[:tag]` globs, as ACR's.
+    fn notify_scope(&mut self, patterns: &[Spanned<String>]) -> Option<NotifyScope> {
+        if patterns.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for p in patterns {
+            // A repository name has no ':', so the tag follows the last.
+            let (repo, tag) = match p.value.rsplit_once(':') {
+                Some((r, t)) => (r, t),
+                None => (p.value.as_str(), "latest"),
+            };
+            let glob = |g: &str, sep: bool| {
+                GlobBuilder::new(g)
+                    .literal_separator(sep)
+                    .build()
+                    .map(|g| g.compile_matcher())
+            };
+            match (glob(repo, true), glob(tag, false)) {
+                (Ok(r), Ok(t)) if !repo.is_empty() && !tag.is_empty() => out.push((r, t)),
+                (Err(e), _) | (_, Err(e)) => self.issue(
+                    p.referenced,
+                    format!("notify scope {:?} is not a valid pattern: {e}", p.value),
+                ),
+                _ => self.issue(
+                    p.referenced,
+                    format!(
+                        "notify scope {:?} needs a repository and, after ':', a tag (`team/*:*` for every tag)",
+                        p.value
+                    ),
+                ),
+            }
+        }
+        Some(NotifyScope::new(out))
     }
 
     fn globs(&mut self, patterns: &[Spanned<String>], what: &str) -> Option<GlobSet> {

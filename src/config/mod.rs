@@ -162,13 +162,103 @@ pub enum DeletePolicy {
 /// An outgoing webhook.
 #[derive(Clone, Debug)]
 pub struct NotifyTarget {
+    /// How the target is called in logs, metrics and `georep notify test`:
+    /// its `name`, or the URL's host and path.
+    pub name: String,
     pub url: url::Url,
-    /// Post when an image is complete in one region.
-    pub on_replicated: bool,
-    /// Post when an image is complete in every region.
-    pub on_complete: bool,
+    /// The kinds of event posted.
+    pub events: Vec<NotifyEvent>,
+    /// Which images it hears about (ACR's webhook scope); `None`: all.
+    pub scope: Option<NotifyScope>,
+    pub format: NotifyFormat,
     pub bearer_token: Option<Secret>,
     pub timeout: Duration,
+}
+
+impl NotifyTarget {
+    /// Whether this target wants `event` about `repository` (at `tag`, or
+    /// by digest alone).
+    pub fn wants(&self, event: NotifyEvent, repository: &str, tag: Option<&str>) -> bool {
+        self.events.contains(&event)
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|s| s.matches(repository, tag))
+    }
+}
+
+/// The kinds of outgoing notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NotifyEvent {
+    /// An image pushed to the primary is complete in one region.
+    Replicated,
+    /// … and in every region.
+    Complete,
+    /// A delete on the primary was carried out in every region.
+    Deleted,
+    /// An item was parked in a region (given up on until the next
+    /// reconcile), with its reason.
+    Failed,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 4] = [
+        NotifyEvent::Replicated,
+        NotifyEvent::Complete,
+        NotifyEvent::Deleted,
+        NotifyEvent::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Replicated => "replicated",
+            NotifyEvent::Complete => "complete",
+            NotifyEvent::Deleted => "deleted",
+            NotifyEvent::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NotifyEvent> {
+        NotifyEvent::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// The body posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// georep's own JSON object (README, "Outgoing notifications").
+    Georep,
+    /// The distribution registry's notification envelope
+    /// (`{"events":[…]}`), with the region added.
+    Registry,
+    /// One event object per POST, as ACR's webhooks send.
+    Acr,
+}
+
+/// Repository[:tag] patterns, as ACR's webhook scope: `team/app:v1`,
+/// `team/*:*`, `team/app` (meaning `team/app:latest`). `*` stays within
+/// a path segment of the repository, `**` crosses them.
+#[derive(Clone, Debug)]
+pub struct NotifyScope {
+    patterns: Vec<(globset::GlobMatcher, globset::GlobMatcher)>,
+}
+
+impl NotifyScope {
+    pub fn new(patterns: Vec<(globset::GlobMatcher, globset::GlobMatcher)>) -> Self {
+        NotifyScope { patterns }
+    }
+
+    /// Whether `repository:tag` is in scope; content without a tag is in
+    /// scope of patterns that take every tag (`repo:*`).
+    pub fn matches(&self, repository: &str, tag: Option<&str>) -> bool {
+        self.patterns.iter().any(|(repo, t)| {
+            repo.is_match(repository)
+                && match tag {
+                    Some(tag) => t.is_match(tag),
+                    None => t.glob().glob() == "*",
+                }
+        })
+    }
 }
 
 /// One registry: the primary or a replica region.

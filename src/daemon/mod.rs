@@ -3,14 +3,13 @@
 //! to the intake, which records them in the durable queue
 //! ([`crate::store::queue`]) and rings the doorbell; per-region workers
 //! ([`workers`]) copy them with the engine; outgoing notifications
-//! ([`notify`]) tell the outside world when an image has landed.
+//! ([`crate::notify`]) tell the outside world when an image has landed.
 //!
 //! Start is two-phase: [`Daemon::build`] validates everything that can be
 //! wrong (the store opens, the port binds) and wires the parts, each with
 //! only what it needs, before anything runs; then [`Daemon::run`] spawns
 //! the tasks and returns after a graceful drain.
 
-pub mod notify;
 pub mod schedule;
 pub mod status;
 pub mod workers;
@@ -27,6 +26,7 @@ use crate::background::{self, Period};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::shutdown;
 use crate::watch::audit::Audit;
 use crate::watch::doorbell::Doorbell;
@@ -131,7 +131,7 @@ impl Daemon {
         );
         warn_if_open(&config, addr);
 
-        let notifier = Arc::new(notify::Notifier::new(&config));
+        let notifier = Arc::new(Notifier::new(&config, engine.store().clone()));
         let workers = Arc::new(Workers::new(
             config.clone(),
             engine.clone(),
@@ -186,6 +186,7 @@ impl Daemon {
             metrics: metrics.clone(),
             reconcile: reconcile.clone(),
             audit: audit.clone(),
+            notifier: notifier.clone(),
         };
         let api = {
             let mut signal = signal.clone();
@@ -205,7 +206,7 @@ impl Daemon {
             })
         };
         let workers = tokio::spawn(workers::run(workers, signal.clone()));
-        let notifier = notifier.spawn(metrics, signal.clone());
+        let notifier = notifier.spawn(signal.clone());
 
         stop.await;
         tracing::info!(
@@ -225,7 +226,8 @@ impl Daemon {
         if let Err(e) = workers.await {
             tracing::warn!("the workers ended abnormally: {e}");
         }
-        // Notifications already queued get a moment, not the whole grace.
+        // Notifications being posted get a moment, not the whole grace;
+        // the rest wait in the store's outbox for the next start.
         let _ = tokio::time::timeout(Duration::from_secs(2), notifier).await;
         engine
             .store()

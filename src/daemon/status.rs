@@ -8,6 +8,7 @@ use super::workers::InFlight;
 use crate::background::TaskHandle;
 use crate::engine::Engine;
 use crate::metrics::{EventResult, Metrics};
+use crate::notify::Notifier;
 use crate::status::{MAX_PARKED_LISTED, ParkedView, PrimaryView, RegionStatusView, StatusView};
 use crate::store::{format_unix, now_unix_ms};
 use crate::watch::audit::AuditReport;
@@ -20,6 +21,7 @@ pub struct Sources {
     pub metrics: Arc<Metrics>,
     pub reconcile: Arc<TaskHandle<ReconcileReport>>,
     pub audit: Arc<TaskHandle<AuditReport>>,
+    pub notifier: Arc<Notifier>,
 }
 
 impl Sources {
@@ -55,7 +57,7 @@ impl Sources {
                         .map(|q| ParkedView {
                             repository: q.repository.clone(),
                             reference: q.reference.clone(),
-                            digest: q.item.digest.as_str().to_owned(),
+                            digest: q.item.known_digest().map(|d| d.as_str().to_owned()),
                             attempts: q.item.attempts,
                             reason: q.item.last_error.clone().unwrap_or_default(),
                         })
@@ -82,6 +84,7 @@ impl Sources {
             events_queued: m.events(EventResult::Queued),
             events_duplicate: m.events(EventResult::Duplicate),
             events_rejected: m.events(EventResult::Rejected),
+            notify: self.notifier.view(),
         }
     }
 }

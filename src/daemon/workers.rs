@@ -24,14 +24,15 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::notify::{Notification, Notifier};
 use super::schedule::Schedule;
-use crate::config::Config;
+use crate::config::{Config, NotifyEvent};
+use crate::digest::Digest;
 use crate::engine::cause::{Cause, CauseKind};
 use crate::engine::listing::ImageJob;
 use crate::engine::{Engine, Pass, Priority};
 use crate::lock::Locked;
 use crate::metrics::Metrics;
+use crate::notify::{Notification, Notifier};
 use crate::registry::retry::Backoff;
 use crate::shutdown::Signal;
 use crate::store::queue::{Action, Origin, Queued, WorkItem};
@@ -45,14 +46,28 @@ const EXPRESS_SLOTS: usize = 2;
 const RETRY_BASE: Duration = Duration::from_secs(1);
 /// With nothing due, look again this often anyway.
 const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// A delete by tag that waits for its manifest's delete looks again after
+/// this long.
+const TAG_DELETE_WAIT: Duration = Duration::from_secs(60);
 
 /// What became of one item in one region.
 #[derive(Debug)]
 enum Outcome {
+    /// Copied (or found there already).
     Done,
+    /// Deleted, or nothing was left to delete; with the digest deleted when
+    /// a registry told it.
+    Deleted(Option<Digest>),
+    /// A dry run's delete: only said.
+    WouldDelete,
     Failed(Cause),
-    /// Not attempted yet (the delete cap): try again after this long.
-    Deferred(Duration, String),
+    /// Not attempted yet (the delete cap): try again after this long; the
+    /// reason is the region's news (logged and in its status) when `told`.
+    Deferred {
+        wait: Duration,
+        why: String,
+        told: bool,
+    },
 }
 
 /// Work items of several regions copied together.
@@ -352,8 +367,15 @@ async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> 
             region = %region.name(),
             "dry run: would delete {what} (deleted on the primary)"
         );
-        return Outcome::Done;
+        return Outcome::WouldDelete;
     }
+    // The digest the region acknowledged under this reference, when
+    // georep wrote it there: what a notification may say was deleted.
+    let store = w.engine.store();
+    let deleted = match reference.parse::<Digest>() {
+        Ok(d) => Some(d),
+        Err(_) => store.manifest(r, repository, reference).map(|f| f.digest),
+    };
     // The cap counts manifests (content) deleted, durably (a restart does
     // not reset it); removing a tag alone deletes no content and is not
     // capped.
@@ -365,14 +387,15 @@ async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> 
         {
             Ok(Ok(())) => {}
             Ok(Err(wait_ms)) => {
-                return Outcome::Deferred(
-                    Duration::from_millis(wait_ms),
-                    format!(
+                return Outcome::Deferred {
+                    wait: Duration::from_millis(wait_ms),
+                    why: format!(
                         "delete cap reached ({} per hour in region {})",
                         w.config.daemon.max_deletes_per_hour,
                         region.name()
                     ),
-                );
+                    told: true,
+                };
             }
             Err(e) => {
                 return Outcome::Failed(Cause {
@@ -384,8 +407,7 @@ async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> 
     }
     match region.delete_manifest(repository, reference).await {
         Ok(found) => {
-            let store = w.engine.store();
-            let forgotten = match reference.parse::<crate::digest::Digest>() {
+            let forgotten = match reference.parse::<Digest>() {
                 Ok(d) => store.forget_manifest_and_tags(r, repository, &d),
                 Err(_) => store.forget_manifest(r, repository, reference),
             };
@@ -398,11 +420,12 @@ async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> 
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(region = %region.name(), "deleted {what}");
             }
-            Outcome::Done
+            Outcome::Deleted(deleted)
         }
-        // Registry 2.8 cannot delete a tag alone; it removed the tag with
-        // the manifest (the event before this one), so there is nothing
-        // left to do.
+        // Registry 2.x cannot delete a tag alone: it removes a tag with its
+        // manifest (the delete by digest the primary sent before this one).
+        // Done once the tag is gone; while that delete waits (the cap), so
+        // does this one.
         Err(e)
             if !by_digest
                 && matches!(
@@ -413,7 +436,39 @@ async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> 
                 ) =>
         {
             tracing::debug!(region = %region.name(), "the region cannot delete a tag alone: {e:#}");
-            Outcome::Done
+            let scope = crate::registry::Scope::push(repository);
+            match region.head_manifest(repository, reference, &scope).await {
+                Ok(None) => {
+                    if let Err(e) = store.forget_manifest(r, repository, reference) {
+                        tracing::warn!("recording a delete failed: {e:#}");
+                    }
+                    Outcome::Deleted(deleted)
+                }
+                Ok(Some(h)) if store.has_item(r, repository, h.digest.as_str()) => {
+                    Outcome::Deferred {
+                        wait: TAG_DELETE_WAIT,
+                        why: format!(
+                            "waits for the delete of its manifest {} (region {} cannot delete a tag alone)",
+                            h.digest,
+                            region.name()
+                        ),
+                        told: false,
+                    }
+                }
+                Ok(Some(h)) => Outcome::Failed(Cause {
+                    kind: CauseKind::Permanent,
+                    message: format!(
+                        "region {} cannot delete the tag {what} alone ({}), and its manifest {} is not being deleted",
+                        region.name(),
+                        e.status().map_or_else(String::new, |s| s.to_string()),
+                        h.digest
+                    ),
+                }),
+                Err(e) => Outcome::Failed(Cause::of(
+                    format_args!("checking {what} after a delete"),
+                    &e,
+                )),
+            }
         }
         Err(e) => Outcome::Failed(Cause::of(format_args!("deleting {what}"), &e)),
     }
@@ -434,6 +489,8 @@ fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
     let what = image_ref(&q.repository, &q.reference);
     match outcome {
         Outcome::Done
+        | Outcome::Deleted(_)
+        | Outcome::WouldDelete
         | Outcome::Failed(Cause {
             kind: CauseKind::Gone,
             ..
@@ -455,42 +512,53 @@ fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
                 }
             };
             status_recorded(region, store.record_outcome(r, None));
-            if !removed || !matches!(outcome, Outcome::Done) || q.item.origin != Origin::Event {
+            if !removed {
                 return;
             }
-            let latency = latency_secs(q.item.event_ns);
-            m.latency.observe(latency);
-            w.notifier.send(Notification::replicated(
-                w.engine.regions()[r].name(),
-                q,
-                latency,
-            ));
-            let complete = (0..w.config.regions.len())
-                .all(|x| !store.has_item(x, &q.repository, &q.reference));
-            if complete {
-                w.metrics.complete_latency.observe(latency);
-                w.notifier.send(Notification::complete(
-                    w.engine
-                        .regions()
-                        .iter()
-                        .map(|r| r.name().to_owned())
-                        .collect(),
-                    q,
-                    latency,
-                ));
-                tracing::info!(
-                    latency_ms = (latency * 1000.0) as u64,
-                    "{what} complete in every region"
-                );
+            let everywhere = || {
+                (0..w.config.regions.len()).all(|x| !store.has_item(x, &q.repository, &q.reference))
+            };
+            match outcome {
+                Outcome::Done if q.item.origin == Origin::Event => {
+                    let latency = latency_secs(q.item.event_ns);
+                    m.latency.observe(latency);
+                    w.notifier.send(&Notification {
+                        region: Some(region.to_owned()),
+                        latency_secs: Some(latency),
+                        ..notification(w, NotifyEvent::Replicated, q, Some(r))
+                    });
+                    if everywhere() {
+                        w.metrics.complete_latency.observe(latency);
+                        w.notifier.send(&Notification {
+                            regions: region_names(w),
+                            latency_secs: Some(latency),
+                            ..notification(w, NotifyEvent::Complete, q, None)
+                        });
+                        tracing::info!(
+                            latency_ms = (latency * 1000.0) as u64,
+                            "{what} complete in every region"
+                        );
+                    }
+                }
+                Outcome::Deleted(digest) if everywhere() => {
+                    let mut n = notification(w, NotifyEvent::Deleted, q, None);
+                    n.digest = n.digest.or(digest);
+                    n.regions = region_names(w);
+                    w.notifier.send(&n);
+                    tracing::info!("{what} deleted in every region");
+                }
+                _ => {}
             }
         }
-        Outcome::Deferred(wait, why) => {
+        Outcome::Deferred { wait, why, told } => {
             let item = WorkItem {
                 not_before_ms: now_unix_ms() + wait.as_millis() as u64,
                 last_error: Some(why.clone()),
                 ..q.item.clone()
             };
-            if q.item.last_error.as_deref() != Some(why.as_str()) {
+            if !told {
+                tracing::debug!(%region, wait_secs = wait.as_secs(), "{what}: {why}");
+            } else if q.item.last_error.as_deref() != Some(why.as_str()) {
                 tracing::warn!(%region, wait_secs = wait.as_secs(), "{what}: {why}; waiting");
                 status_recorded(
                     region,
@@ -530,13 +598,25 @@ fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
                 CauseKind::Unreachable | CauseKind::Gone => false,
             };
             let delay = retry_backoff(w).delay(attempts, None);
+            // A `failed` notification goes out once per item, at its first
+            // park (a reconcile wakes parked items; parking again is no
+            // news).
+            let tell = park && !q.item.failure_told;
             let item = WorkItem {
                 attempts,
                 not_before_ms: now_unix_ms() + delay.as_millis() as u64,
                 last_error: Some(cause.message.clone()),
                 parked: park,
+                failure_told: q.item.failure_told || tell,
                 ..q.item.clone()
             };
+            if tell {
+                w.notifier.send(&Notification {
+                    region: Some(region.to_owned()),
+                    reason: Some(cause.message.clone()),
+                    ..notification(w, NotifyEvent::Failed, q, Some(r))
+                });
+            }
             if park {
                 tracing::warn!(%region, attempts, "parked {what} until the next reconcile: {cause}");
             } else {
@@ -570,6 +650,28 @@ fn retry_time_lost(w: &Workers, r: RegionId, what: &str, wait: Duration, e: &Sto
     );
     let mut gate = w.gate(r);
     gate.until_ms = gate.until_ms.max(now_unix_ms() + wait.as_millis() as u64);
+}
+
+/// A notification about item `q`, at region `r` (or the primary).
+fn notification(w: &Workers, event: NotifyEvent, q: &Queued, r: Option<RegionId>) -> Notification {
+    let tag = (!q.reference.contains(':')).then_some(q.reference.as_str());
+    let host = match r {
+        Some(r) => w.engine.regions()[r].host(),
+        None => w.engine.primary().host(),
+    };
+    Notification {
+        media_type: q.item.media_type.clone(),
+        size: q.item.size,
+        ..Notification::new(event, &q.repository, tag, q.item.known_digest(), host)
+    }
+}
+
+fn region_names(w: &Workers) -> Vec<String> {
+    w.engine
+        .regions()
+        .iter()
+        .map(|r| r.name().to_owned())
+        .collect()
 }
 
 /// `repo:tag` or `repo@digest`, for messages.

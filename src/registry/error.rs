@@ -82,7 +82,7 @@ pub enum RegistryError {
 
 /// The innermost message of an error chain, the one that says what
 /// happened (hyper and reqwest wrap it in generic layers).
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut last = e.source();
     while let Some(inner) = last.and_then(|l| l.source()) {
         last = Some(inner);

@@ -18,6 +18,7 @@
 //! | `manifests/<region>` | `repo \0 tag-or-digest` | [`ManifestFact`]: digest, time |
 //! | `blobs/<region>` | digest | repositories holding it, with the time each was acknowledged (`{"a": ms}`) |
 //! | `events`, `latest`, `queue/<region>` | | the daemon's durable work, see [`queue`] |
+//! | `outbox` | | outgoing notifications not yet delivered, see [`outbox`] |
 //!
 //! A region's facts are bound to its URL: if the config points a region
 //! name at another URL, its facts are dropped when the store is opened.
@@ -25,6 +26,7 @@
 //! sled is used only here; the rest of the crate sees [`Store`].
 
 mod facts;
+pub mod outbox;
 pub mod queue;
 mod summary;
 mod time;
@@ -38,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::lock::Locked;
 pub use summary::QueueFigures;
-pub use time::{format_unix, now_unix, now_unix_ms};
+pub use time::{format_unix, format_unix_ms, now_unix, now_unix_ms};
 
 /// The layout this code writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -222,6 +224,7 @@ pub struct Store {
     status_lock: std::sync::Mutex<()>,
     events: sled::Tree,
     latest: sled::Tree,
+    outbox: sled::Tree,
     regions: Vec<RegionTrees>,
 }
 
@@ -362,6 +365,7 @@ impl Store {
             path: path.to_owned(),
             events: db.open_tree("events").map_err(io)?,
             latest: db.open_tree("latest").map_err(io)?,
+            outbox: db.open_tree("outbox").map_err(io)?,
             db,
             primary,
             statuses,

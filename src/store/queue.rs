@@ -75,7 +75,15 @@ pub struct WorkItem {
     /// Given up on until the next reconcile.
     #[serde(default)]
     pub parked: bool,
+    /// A `failed` notification went out for this item.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failure_told: bool,
 }
+
+/// The digest of a delete by tag whose digest georep never saw (the
+/// registry's tag-delete event carries none): the empty input's, a
+/// placeholder that no message may show.
+const NO_DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 impl WorkItem {
     /// What the queue's summary counts of this item.
@@ -84,6 +92,19 @@ impl WorkItem {
             since_ms: self.since_ms,
             parked: self.parked,
         }
+    }
+
+    /// The item's digest, unless it is a delete by tag whose digest is
+    /// unknown.
+    pub fn known_digest(&self) -> Option<&Digest> {
+        (self.digest.as_str() != NO_DIGEST).then_some(&self.digest)
+    }
+
+    /// The placeholder digest of a delete by tag (see [`known_digest`]).
+    ///
+    /// [`known_digest`]: WorkItem::known_digest
+    pub fn no_digest() -> Digest {
+        Digest::sha256_of(b"")
     }
 
     /// A new item: ready now, never tried.
@@ -106,6 +127,7 @@ impl WorkItem {
             not_before_ms: 0,
             last_error: None,
             parked: false,
+            failure_told: false,
         }
     }
 }

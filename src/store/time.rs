@@ -30,6 +30,12 @@ pub fn format_unix(secs: u64) -> String {
     )
 }
 
+/// `2026-11-26T17:38:50.123Z` for a unix time in milliseconds.
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = format_unix(ms / 1000);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms % 1000)
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -54,5 +60,9 @@ mod tests {
         assert_eq!(format_unix(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_unix(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_unix(1_795_714_730), "2026-11-26T17:38:50Z");
+        assert_eq!(
+            format_unix_ms(1_795_714_730_042),
+            "2026-11-26T17:38:50.042Z"
+        );
     }
 }

@@ -115,6 +115,10 @@ impl Intake {
             }
             Decision::Queue { id, change } => (id, change),
         };
+        let mut change = change;
+        if change.item.action == Action::Delete {
+            self.deleted_on_primary(&mut change);
+        }
         if change.item.action == Action::Delete && self.deletes == DeletePolicy::Ignore {
             tracing::debug!(
                 repository = %change.repository,
@@ -145,6 +149,33 @@ impl Intake {
                 tracing::error!("cannot queue event {id}: {source:#}");
                 Err(NotRecorded { source })
             }
+        }
+    }
+
+    /// A delete on the primary is a fact about the primary, whatever the
+    /// policy: its tags are tombstoned in the store (so no status counts
+    /// them missing in a region), and a delete by tag takes the digest the
+    /// primary last listed under the tag, when the store knows it.
+    fn deleted_on_primary(&self, change: &mut Change) {
+        let repo = &change.repository;
+        let result = match change.reference.parse::<crate::digest::Digest>() {
+            Ok(d) => self
+                .store
+                .primary_tags(repo)
+                .into_iter()
+                .filter(|(_, t)| t.digest == d)
+                .try_for_each(|(tag, _)| self.store.tombstone_primary_tag(repo, &tag)),
+            Err(_) => {
+                if change.item.known_digest().is_none()
+                    && let Some(t) = self.store.primary_tag(repo, &change.reference)
+                {
+                    change.item.digest = t.digest;
+                }
+                self.store.tombstone_primary_tag(repo, &change.reference)
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!("recording a delete on the primary ({repo}) failed: {e:#}");
         }
     }
 

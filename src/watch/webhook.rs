@@ -156,9 +156,10 @@ pub fn decide(event: &Event, filter: &RepositoryFilter, now_ms: u64) -> Decision
             return Decision::Reject(format!("event {id}: a manifest push without a digest"));
         }
         (Action::Delete, None, Some(d)) => (d.as_str().to_owned(), d),
-        // A tag removed (with its manifest, on registry 2.8): the digest
-        // is the empty one, never looked at; the delete goes by tag.
-        (Action::Delete, Some(t), _) => (t.to_owned(), Digest::sha256_of(b"")),
+        // A tag removed (with its manifest, on registry 2.8): the event
+        // names no digest; the delete goes by tag, and the intake fills in
+        // the digest the primary last listed under it, when known.
+        (Action::Delete, Some(t), _) => (t.to_owned(), WorkItem::no_digest()),
         (Action::Delete, None, None) => {
             return Decision::Reject(format!("event {id}: a delete without digest or tag"));
         }
