@@ -39,6 +39,7 @@ fn main() {
         spec: CorpusSpec::preset(preset, 1),
         config: None,
         regions: env_or("GEOREP_BENCH_REGIONS", 3),
+        port_base: None,
         dir: None,
         keep: false,
         levels,

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::lock::Locked;
 use crate::shutdown::Signal;
-use crate::store::now_unix;
+use crate::store::{format_unix, now_unix};
 
 /// What one activation of a task found.
 pub struct Activation<R> {
@@ -45,8 +45,10 @@ pub trait BackgroundTask: Send + Sync + 'static {
 pub struct TaskStatus<R> {
     pub running: bool,
     pub count: u64,
-    pub last_started_at: Option<u64>,
-    pub last_finished_at: Option<u64>,
+    /// RFC 3339.
+    pub last_started_at: Option<String>,
+    /// RFC 3339.
+    pub last_finished_at: Option<String>,
     /// How long the last run took.
     #[serde(default)]
     pub last_secs: f64,
@@ -68,6 +70,8 @@ pub struct Period {
 pub struct TaskHandle<R> {
     status: Arc<Mutex<TaskStatus<R>>>,
     wake: Arc<Notify>,
+    /// Runs finished so far, for [`TaskHandle::run_now`].
+    finished: tokio::sync::watch::Receiver<u64>,
     join: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -80,6 +84,21 @@ impl<R: Clone> TaskHandle<R> {
     /// Asks for one activation now (or right after the one running).
     pub fn activate(&self) {
         self.wake.notify_one();
+    }
+
+    /// Runs the task now (after the run in progress, if any: a run that
+    /// started before the call is not the answer) and returns its status
+    /// once that run has finished. `None` if the task stopped first.
+    pub async fn run_now(&self) -> Option<TaskStatus<R>> {
+        let mut finished = self.finished.clone();
+        let (count, running) = {
+            let s = self.status.locked();
+            (s.count, s.running)
+        };
+        let wanted = count + 1 + u64::from(running);
+        self.activate();
+        finished.wait_for(|n| *n >= wanted).await.ok()?;
+        Some(self.status())
     }
 
     /// Stops the task where it is (its work is idempotent: whatever it
@@ -103,12 +122,13 @@ pub fn spawn<T: BackgroundTask>(
 ) -> TaskHandle<T::Report> {
     let status = Arc::new(Mutex::new(TaskStatus::<T::Report>::default()));
     let wake = Arc::new(Notify::new());
+    let (done, finished) = tokio::sync::watch::channel(0u64);
     let join = {
         let status = status.clone();
         let wake = wake.clone();
         tokio::spawn(async move {
             if period.is_some_and(|p| p.at_start) {
-                run_once(&task, &status).await;
+                run_once(&task, &status, &done).await;
             }
             loop {
                 let sleep = async {
@@ -122,34 +142,40 @@ pub fn spawn<T: BackgroundTask>(
                     _ = wake.notified() => {}
                     _ = stop.wait() => return,
                 }
-                run_once(&task, &status).await;
+                run_once(&task, &status, &done).await;
             }
         })
     };
     TaskHandle {
         status,
         wake,
+        finished,
         join: Mutex::new(Some(join)),
     }
 }
 
 /// One activation, with its status kept before and after.
-async fn run_once<T: BackgroundTask>(task: &T, status: &Mutex<TaskStatus<T::Report>>) {
+async fn run_once<T: BackgroundTask>(
+    task: &T,
+    status: &Mutex<TaskStatus<T::Report>>,
+    done: &tokio::sync::watch::Sender<u64>,
+) {
     let started = Instant::now();
     {
         let mut s = status.locked();
         s.running = true;
-        s.last_started_at = Some(now_unix());
+        s.last_started_at = Some(format_unix(now_unix()));
     }
     tracing::debug!(task = T::NAME, "background task starts");
     let Activation { report, error } = task.activate().await;
     let mut s = status.locked();
     s.running = false;
     s.count += 1;
-    s.last_finished_at = Some(now_unix());
+    s.last_finished_at = Some(format_unix(now_unix()));
     s.last_secs = started.elapsed().as_secs_f64();
     s.last_error = error;
     s.last = report;
+    done.send_replace(s.count);
 }
 
 #[cfg(test)]
@@ -198,6 +224,19 @@ mod tests {
         assert_eq!(s.last_error, None, "a run's error lasts until the next run");
         trigger.fire();
         handle.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_now_answers_with_a_run_that_started_after_the_call() {
+        let (_trigger, signal) = crate::shutdown::channel();
+        let runs = Arc::new(AtomicU64::new(0));
+        let handle = spawn(Counting(runs.clone()), None, signal);
+        let s = handle.run_now().await.expect("a run");
+        assert_eq!((s.count, s.last), (1, 1));
+        let s = handle.run_now().await.expect("a run");
+        assert_eq!((s.count, s.last), (2, 2));
+        handle.stop().await;
+        assert!(handle.run_now().await.is_none(), "stopped");
     }
 
     #[tokio::test(start_paused = true)]

@@ -56,6 +56,34 @@ pub enum Command {
     /// Ask a running daemon's /healthz (at the config's `listen` address, or
     /// --url): exit 0 healthy, 1 not (a container health check).
     Health(HealthArgs),
+    /// Ask the running daemon to reconcile now (list the primary, queue
+    /// what the regions lack) and say what it queued.
+    #[command(after_help = "Examples:
+  georep reconcile --config georep.yaml
+  georep reconcile --config georep.yaml --region westeurope --repository team/app
+
+Exit status: 0 the reconcile ran and listed everything, 1 it ran but some of
+the primary could not be listed, 2 no daemon answered or bad usage.")]
+    Reconcile(SteerArgs),
+    /// Ask the running daemon to audit now: each region is asked whether it
+    /// still serves what georep copied there, and what it lost is queued
+    /// again (e.g. after a region was wiped).
+    #[command(after_help = "Examples:
+  georep audit --config georep.yaml --region westeurope
+  georep audit --config georep.yaml --json
+
+Exit status: 0 the audit ran and could ask everything, 1 some region or tag
+could not be asked, 2 no daemon answered or bad usage.")]
+    Audit(SteerArgs),
+    /// Ask the running daemon to retry parked items now (all, or one
+    /// region's or repository's).
+    #[command(after_help = "Examples:
+  georep retry --config georep.yaml
+  georep retry --config georep.yaml --region westeurope --repository team/app
+
+Exit status: 0 the daemon answered (the count says how many items were
+retried), 2 no daemon answered or bad usage.")]
+    Retry(SteerArgs),
     /// Outgoing notifications: `georep notify test TARGET` posts a sample
     /// event to one `notify:` target and says what it answered.
     #[command(
@@ -150,7 +178,10 @@ pub struct WaitArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]
     pub config: PathBuf,
-    /// The image: REPOSITORY:TAG or REPOSITORY@DIGEST (no registry host).
+    /// The image as a pipeline holds it: REPOSITORY[:TAG] (no tag means
+    /// :latest), REPOSITORY@DIGEST, REPOSITORY:TAG@DIGEST (waits for the
+    /// digest), each optionally after HOST[:PORT]/ — the primary's or a
+    /// region's host.
     pub image: String,
     /// Give up after this long (e.g. 90s, 5m, 1h).
     #[arg(long, default_value = "5m")]
@@ -179,14 +210,21 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   georep check-config --config georep.yaml
+  georep check-config --config georep.yaml --connect   # and can every registry be used?
   GEOREP_CONFIG=/etc/georep/georep.yaml georep check-config
 
-Every mistake is reported with file:line:column, all at once. Exit status:
-0 valid, 2 invalid.")]
+Every mistake is reported with file:line:column, all at once; a valid config
+is printed as it was understood (sizes in bytes, intervals, policies). Exit
+status: 0 valid (and with --connect every registry usable), 1 valid but a
+registry has a problem (--connect), 2 invalid.")]
 pub struct CheckConfigArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]
     pub config: PathBuf,
+    /// Also ask every registry `GET /v2/` with its credentials and report
+    /// each problem (unreachable, TLS, credentials refused).
+    #[arg(long)]
+    pub connect: bool,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +248,10 @@ pub struct DemoArgs {
     /// Keep the registries running after the demo until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
+    /// Start the registries on this port and the next ones (primary first)
+    /// instead of free ports.
+    #[arg(long)]
+    pub port_base: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +268,10 @@ pub struct BenchArgs {
     /// Corpus size: small ~200 MiB, medium ~1.5 GiB, large ~8 GiB.
     #[arg(long, value_enum, default_value_t = Preset::Small)]
     pub preset: Preset,
+    /// Start the local registries on this port and the next ones (primary
+    /// first) instead of free ports.
+    #[arg(long, conflicts_with = "config")]
+    pub port_base: Option<u16>,
     /// Seed of the generated corpus (same seed, same bytes).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -338,6 +384,26 @@ pub struct HealthArgs {
     pub timeout: String,
 }
 
+#[derive(Debug, Args)]
+pub struct SteerArgs {
+    /// The daemon's config file (its `listen` address and `api.auth` are
+    /// used; registry passwords are not needed).
+    #[arg(long, short, env = "GEOREP_CONFIG")]
+    pub config: PathBuf,
+    /// Only this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Only this repository.
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up waiting for the answer after this long.
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum NotifyCommand {
     /// Post a sample event (repository `georep/notify-test`) to a target,
@@ -381,7 +447,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 9);
+        assert_eq!(seen, 12);
         cli.debug_assert();
     }
 }

@@ -166,6 +166,7 @@ pub struct RegionGauges<'a> {
     /// The region answers (its circuit breaker is not open).
     pub up: bool,
     pub queue_depth: usize,
+    pub lag_items: usize,
     pub parked: usize,
     pub in_flight: usize,
     pub lag_secs: f64,
@@ -215,7 +216,7 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges
         "georep_build_info{{version=\"{}\"}} 1",
         label(env!("CARGO_PKG_VERSION"))
     );
-    let per_region: [Series; 12] = [
+    let per_region: [Series; 13] = [
         (
             "georep_region_up",
             "gauge",
@@ -249,8 +250,14 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges
         (
             "georep_queue_depth",
             "gauge",
-            "Work items queued for the region, parked ones included.",
+            "Work items waiting their turn in the region's queue (not in flight, not parked): queue_depth in /v1/status.",
             |g, _| g.queue_depth as f64,
+        ),
+        (
+            "georep_lag_items",
+            "gauge",
+            "Everything the region still lacks: queued, in flight and parked (lag_items in /v1/status).",
+            |g, _| g.lag_items as f64,
         ),
         (
             "georep_parked_items",
@@ -444,6 +451,7 @@ mod tests {
                 name: "east\"us",
                 up: false,
                 queue_depth: 3,
+                lag_items: 6,
                 parked: 1,
                 in_flight: 2,
                 lag_secs: 1.5,

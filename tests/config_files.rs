@@ -67,7 +67,34 @@ fn check_config_reports_each_mistake_with_its_place() {
     );
     assert_eq!(code, Some(2));
     assert!(stderr.contains("bad.yaml:5:3"), "{stderr}");
-    assert!(stderr.contains("unknown field `colour`"), "{stderr}");
+    assert!(stderr.contains("unknown key `colour`"), "{stderr}");
+
+    // A mistake the parser stops at does not hide the others; sizes and
+    // numbers are refused in plain words, keys get a suggestion.
+    let (code, _, stderr) = check_config(
+        "state_dir: s\nprimary:\n  name: p\n  url: http://127.0.0.1:5000\n  max_bytes_per_sec: -5\nregions:\n  - name: r\n    url: http://127.0.0.1:5001\n\
+         concurrency:\n  max_concurrent_images: four\nmax_concurrent_blobs: 2\ndeletes:\n  polcy: propagate\n",
+    );
+    assert_eq!(code, Some(2));
+    for want in [
+        "invalid config bad.yaml: 4 problems",
+        "bad.yaml:5:22: max_bytes_per_sec must be at least 1 byte, not -5",
+        "bad.yaml:10:26: expected a whole number (0 or more), not \"four\"",
+        "bad.yaml:11:1: unknown key `max_concurrent_blobs`: did you mean `max_concurrent_blobs` (under `concurrency:`)?",
+        "bad.yaml:13:3: unknown key `polcy`: did you mean `policy`?",
+    ] {
+        assert!(stderr.contains(want), "{want}\n{stderr}");
+    }
+    assert!(!stderr.contains("untagged"), "{stderr}");
+    // A valid config is shown as understood: `50 MB/s` is 50 000 000 bytes/s.
+    let (code, stdout, _) = check_config(
+        "state_dir: s\nprimary:\n  name: p\n  url: http://127.0.0.1:5000\nregions:\n  - name: r\n    url: http://127.0.0.1:5001\nlimits:\n  max_bytes_per_sec: 50 MB/s\n",
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("50000000 bytes/s (47.7 MiB/s, 400.0 Mbit/s)"),
+        "{stdout}"
+    );
 
     let (code, _, stderr) = check_config("state_dir: [\n");
     assert_eq!(code, Some(2));

@@ -87,6 +87,53 @@ async fn docker_config_auths_helpers_and_store_without_leaking() {
         text.contains("401") || text.contains("Unauthorized"),
         "{text}"
     );
+    // `check-config --connect` says it once, about the registry, in words.
+    // (`Cluster::config` always writes the same file: the https one is
+    // moved aside.)
+    let tls_config = cluster.config(
+        &cluster.primary.url().replace("http://", "https://"),
+        &cluster.replica_urls(),
+        "",
+    );
+    let moved = tls_config.with_file_name("https.yaml");
+    std::fs::rename(&tls_config, &moved).unwrap();
+    let tls_config = moved;
+    let plain_config = cluster.default_config();
+    let cases = [
+        (
+            None,
+            plain_config.as_path(),
+            format!(
+                "connect eastus: eastus (http://{region_host}) refused the credentials of user \"georep\""
+            ),
+        ),
+        (
+            Some("{}"),
+            plain_config.as_path(),
+            "requires credentials and none are configured".to_owned(),
+        ),
+        (
+            Some("{}"),
+            tls_config.as_path(),
+            "the registry speaks plain http: use http:// or fix its TLS".to_owned(),
+        ),
+    ];
+    for (docker_json, cfg, want) in cases {
+        if let Some(json) = docker_json {
+            write_docker(json.to_owned());
+        }
+        let args = [
+            "check-config",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--connect",
+        ];
+        let (code, text) = run(&args, &docker, &path).await;
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains(&want), "{want}\n{text}");
+    }
+    let config_path = cluster.default_config();
+    let config = config_path.to_str().unwrap();
 
     // The right one, as `auths`, then through credHelpers, then credsStore.
     let cases = [

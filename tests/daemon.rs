@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{DaemonProc, EVENTS, bound, metric, push_event, rebind};
 use common::*;
-use georep::lab::corpus::push_image;
+use georep::lab::corpus::{Corpus, push_image};
 use georep::lab::localreg::free_port;
 use georep::registry::Scope;
 
@@ -159,6 +159,29 @@ async fn pushes_reach_every_region_through_notifications() {
     )
     .await;
     assert_eq!(out.status.code(), Some(0));
+    // What a pipeline holds: a full reference on the primary's host, a
+    // repository alone (`:latest`); `--timeout` is the time waited.
+    let full = format!("{}/burst/app:latest", cluster.primary.host());
+    for image in [full.as_str(), "burst/app"] {
+        let out = georep(&["wait", "--config", cfg, image, "--timeout", "10s"], &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{image}: {out:?}");
+    }
+    let out = georep(
+        &[
+            "wait",
+            "--config",
+            cfg,
+            "elsewhere.example:5000/burst/app:latest",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither the primary nor a region"),
+        "{out:?}"
+    );
+    let started = Instant::now();
     let out = georep(
         &[
             "wait",
@@ -166,15 +189,17 @@ async fn pushes_reach_every_region_through_notifications() {
             cfg,
             "burst/app:never",
             "--timeout",
-            "1s",
+            "2s",
             "--interval",
-            "200ms",
+            "1500ms",
         ],
         &[],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not there yet"));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "waited {waited:?} of 2 s");
 
     // Outgoing notifications: one `complete` for the last burst push, with
     // both regions, and `replicated` per region.
@@ -302,7 +327,11 @@ async fn a_stopped_region_catches_up_without_delaying_the_others() {
     wait_for(
         "the outage in the status",
         Duration::from_secs(10),
-        async || daemon.status().await["regions"][2]["last_error"].is_string(),
+        async || {
+            let s = daemon.status().await;
+            s["regions"][2]["reachable"] == false
+                && s["regions"][2]["problem"]["kind"] == "unreachable"
+        },
     )
     .await;
     let up = r#"georep_region_up{region="brazilsouth"}"#;
@@ -322,27 +351,56 @@ async fn a_stopped_region_catches_up_without_delaying_the_others() {
     )
     .await;
     assert_eq!(daemon.status().await["regions"][2]["lag_items"], 0);
-    assert_eq!(metric(&daemon.metrics().await, up), Some(1.0));
-    assert_eq!(daemon.status().await["regions"][2]["reachable"], true);
+    wait_for(
+        "the region up in the metrics",
+        Duration::from_secs(15),
+        async || metric(&daemon.metrics().await, up) == Some(1.0),
+    )
+    .await;
+    // Once it answers again, the outage is history: no error is left
+    // standing in the status or the table.
+    wait_for(
+        "the region healthy again",
+        Duration::from_secs(15),
+        async || {
+            let s = daemon.status().await;
+            s["regions"][2]["reachable"] == true && s["regions"][2]["problem"].is_null()
+        },
+    )
+    .await;
+    let s = daemon.status().await;
+    assert!(
+        s["regions"][2]["last_error"].is_null() || s["regions"][2]["error_current"] == false,
+        "{s:#}"
+    );
+    let cfg = config.to_str().unwrap().to_owned();
+    let out = georep(&["status", "--config", &cfg], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("refused"), "{text}");
 }
 
-/// A region that loses what georep copied there (wiped, here) is found by
-/// the next audit and refilled, with no push and no restart; the other
-/// region is found whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_audit_refills_a_region_that_lost_its_content() {
+/// Two regions, a corpus on the primary and a daemon that has replicated
+/// it everywhere.
+struct Replicated {
+    cluster: Cluster,
+    corpus: Corpus,
+    config: std::path::PathBuf,
+    daemon: DaemonProc,
+}
+
+async fn replicated(seed: u64, yaml: &str) -> Replicated {
     let (listener, port) = bound();
-    let mut cluster = Cluster::start(2).await;
-    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(43)).await;
+    let cluster = Cluster::start(2).await;
+    let corpus = push_corpus(&cluster.primary.url(), &quick_spec(seed)).await;
     let config = cluster.config(
         &cluster.primary.url(),
         &cluster.replica_urls(),
-        &daemon_yaml(port, "poll_interval_secs: 3600\naudit_interval_secs: 2\n"),
+        &daemon_yaml(port, yaml),
     );
     let daemon = DaemonProc::in_process(&config, listener, &[]).await;
     let primary = cluster.primary.url();
-    let urls = cluster.replica_urls();
-    for url in &urls {
+    for url in &cluster.replica_urls() {
         wait_for(
             "the corpus in a region",
             Duration::from_secs(90),
@@ -350,6 +408,27 @@ async fn an_audit_refills_a_region_that_lost_its_content() {
         )
         .await;
     }
+    Replicated {
+        cluster,
+        corpus,
+        config,
+        daemon,
+    }
+}
+
+/// A region that loses what georep copied there (wiped, here) is found by
+/// the next audit and refilled, with no push and no restart; the other
+/// region is found whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_refills_a_region_that_lost_its_content() {
+    let Replicated {
+        mut cluster,
+        corpus,
+        config: _,
+        daemon,
+    } = replicated(43, "poll_interval_secs: 3600\naudit_interval_secs: 2\n").await;
+    let primary = cluster.primary.url();
+    let urls = cluster.replica_urls();
     // Audits of whole regions find nothing.
     let audits = daemon.status().await["audit"]["count"].as_u64().unwrap();
     wait_for(
@@ -392,6 +471,90 @@ async fn an_audit_refills_a_region_that_lost_its_content() {
         tail(&log, 40)
     );
     verify_region(&primary, &urls[1], &corpus).await.unwrap();
+}
+
+/// After a region was wiped, an operator asks the running daemon for an
+/// audit of that region: no restart, no `sync --verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_steers_the_running_daemon() {
+    let Replicated {
+        mut cluster,
+        corpus,
+        config,
+        daemon,
+    } = replicated(44, "poll_interval_secs: 3600\naudit_interval_secs: 0\n").await;
+    let primary = cluster.primary.url();
+    let urls = cluster.replica_urls();
+    let cfg = config.to_str().unwrap();
+    cluster.replicas[0].wipe().await.unwrap();
+    let out = georep(
+        &["audit", "--config", cfg, "--region", "eastus", "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["scope"]["region"], "eastus");
+    assert!(
+        answer["queued"].as_u64().unwrap() >= corpus.tags.len() as u64,
+        "{answer:#}"
+    );
+    wait_for(
+        "the wiped region refilled",
+        Duration::from_secs(90),
+        async || verify_region(&primary, &urls[0], &corpus).await.is_ok(),
+    )
+    .await;
+
+    // A reconcile of everything is the periodic task's run, seen in the
+    // status; one of a repository runs alone.
+    let before = daemon.status().await["reconcile"]["count"]
+        .as_u64()
+        .unwrap();
+    let out = georep(&["reconcile", "--config", cfg], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text.contains(&format!("{} tag(s) listed", corpus.tags.len())),
+        "{text}"
+    );
+    assert_eq!(
+        daemon.status().await["reconcile"]["count"]
+            .as_u64()
+            .unwrap(),
+        before + 1
+    );
+    let repo = &corpus.tags[0].repository;
+    let out = georep(
+        &[
+            "reconcile",
+            "--config",
+            cfg,
+            "--repository",
+            repo,
+            "--region",
+            "japaneast",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["queued"], 0, "{answer:#}");
+    assert!(answer["tags"].as_u64().unwrap() >= 1, "{answer:#}");
+
+    let out = georep(&["retry", "--config", cfg], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("retrying 0 parked item(s) of everything")
+    );
+    let out = georep(&["audit", "--config", cfg, "--region", "mars"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no region named \"mars\"") && err.contains("eastus, japaneast"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,15 +684,16 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
     let (listener, port) = bound();
     let cluster = Cluster::notifying(1, port, None).await;
     let (hook, received) = notification_sink().await;
-    let yaml = |dry: bool| {
+    let yaml_capped = |dry: bool, cap: u32| {
         daemon_yaml(
             port,
             &format!(
-                "poll_interval_secs: 3600\ndeletes:\n  policy: propagate\n  max_per_hour: 1\n  dry_run: {dry}\n\
+                "poll_interval_secs: 3600\ndeletes:\n  policy: propagate\n  max_per_hour: {cap}\n  dry_run: {dry}\n\
                  notify:\n  - url: {hook}\n    events: [complete, deleted]\n"
             ),
         )
     };
+    let yaml = |dry: bool| yaml_capped(dry, 1);
     let config = cluster.config(
         &cluster.primary.url(),
         &cluster.replica_urls(),
@@ -656,6 +820,61 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
         !daemon.log_text().contains("complete in every region"),
         "{}",
         daemon.log_text()
+    );
+    // What the dry run held back is not forgotten: the region still holds
+    // a tag the primary deleted, and the status says so.
+    let kept = if gone(&a.digest).await { "b" } else { "a" };
+    let status = daemon.status().await;
+    assert_eq!(status["regions"][0]["tags_only_in_region"], 1, "{status:#}");
+    assert_eq!(
+        status["reconcile"]["last_only_in_region"]["eastus"], 1,
+        "{status:#}"
+    );
+    let mut daemon = daemon;
+    assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
+    let cfg = config.to_str().unwrap();
+    let out = georep(&["status", "--config", cfg], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a delete is still due: {text}");
+    assert!(text.contains("ONLY HERE"), "{text}");
+    let out = georep(&["sync", "--dry-run", "--config", cfg], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("only in a region") && text.contains(&format!("del/app:{kept}")),
+        "{text}"
+    );
+
+    // Dry run off (and room under the cap): the reconcile at start deletes
+    // what is still due, and everything is in sync, deletes included.
+    let config = cluster.config(
+        &cluster.primary.url(),
+        &cluster.replica_urls(),
+        &yaml_capped(false, 10),
+    );
+    let mut daemon = DaemonProc::in_process(&config, rebind(port), &[]).await;
+    wait_for(
+        "the held-back delete",
+        Duration::from_secs(30),
+        async || gone(&a.digest).await && gone(&b.digest).await,
+    )
+    .await;
+    wait_for("an empty queue", Duration::from_secs(10), async || {
+        daemon.status().await["regions"][0]["lag_items"] == 0
+    })
+    .await;
+    assert_eq!(daemon.terminate(Duration::from_secs(20)).await, Some(0));
+    let out = georep(
+        &["status", "--json", "--config", config.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{status:#}");
+    let east = &status["regions"][0];
+    assert_eq!(
+        (&east["tags_missing"], &east["tags_only_in_region"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "{status:#}"
     );
 }
 
@@ -975,6 +1194,13 @@ async fn the_api_requires_credentials_when_configured() {
             assert_eq!(metric(&body, "georep_api_unauthorized_total"), Some(6.0));
         }
     }
+    // Steering is behind the same credentials.
+    for path in ["/v1/reconcile", "/v1/audit", "/v1/retry"] {
+        let r = http.post(daemon.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let out = georep(&["retry", "--config", config.to_str().unwrap()], &envs).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     // The probes stay open.
     for path in ["/healthz", "/readyz"] {
         let r = http.get(daemon.url(path)).send().await.unwrap();

@@ -122,7 +122,11 @@ async fn no_op_pass_asks_replicas_nothing_and_changes_are_followed() {
     for r in status["regions"].as_array().unwrap() {
         assert_eq!(r["tags_total"], corpus.tags.len() - 1, "{r:#}");
         assert_eq!(r["tags_in_sync"], corpus.tags.len() - 1, "{r:#}");
-        assert!(r["last_success_at"].as_u64().is_some());
+        assert!(
+            r["last_success_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
     }
 }
 
@@ -272,6 +276,51 @@ async fn status_busy_store_and_rebuild_state() {
     }
     let out = georep(&["status", "--json", "--config", cfg], &[]).await;
     assert_eq!(out.status.code(), Some(0));
+
+    // An item a daemon left queued for work a sync then did is not left
+    // standing: the sync takes it off the queue.
+    {
+        let config_loaded = georep::config::load(&config).unwrap();
+        let store = georep::engine::Engine::open_store(&config_loaded).unwrap();
+        let t = &corpus.tags[0];
+        let item = georep::store::queue::WorkItem::new(
+            georep::store::queue::Action::Copy,
+            t.digest.clone(),
+            georep::store::queue::Origin::Event,
+            1,
+            georep::store::now_unix_ms(),
+        );
+        store
+            .accept(
+                Some("left-by-a-daemon"),
+                &[georep::store::queue::Change {
+                    repository: t.repository.clone(),
+                    reference: t.tag.clone(),
+                    item,
+                    regions: None,
+                }],
+            )
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let out = georep(&["status", "--json", "--config", cfg], &[]).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{status:#}");
+    assert_eq!(status["regions"][0]["queue_depth"], 1, "{status:#}");
+    assert_eq!(sync_json(&config, &[]).await.0, 0);
+    let out = georep(&["status", "--config", cfg], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+
+    // A primary that is down is the first thing said, and not "in sync".
+    cluster.primary.stop().await;
+    let out = georep(&["status", "--config", cfg], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines().next().unwrap().contains("UNREACHABLE"),
+        "{text}"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

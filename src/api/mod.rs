@@ -8,6 +8,10 @@
 //! | `GET /readyz` | 200 when the store is usable and the primary answers, else 503 with why |
 //! | `GET /v1/status` | per region: queue, lag, in flight, parked items, last success and error |
 //! | `GET /metrics` | Prometheus text format |
+//! | `POST /v1/reconcile`, `/v1/audit`, `/v1/retry` | steering ([`steer`]); `?region=`, `?repository=` |
+
+pub mod serve;
+pub mod steer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +29,7 @@ use crate::config::{DaemonConfig, HttpAuth};
 use crate::engine::CopyCounts;
 use crate::metrics::{Metrics, RegionGauges, TargetGauges};
 use crate::registry::Registry;
-use crate::status::StatusView;
+use crate::status::{Detail, StatusView};
 use crate::store::Store;
 use crate::watch::intake::Intake;
 use crate::watch::webhook;
@@ -34,7 +38,7 @@ use crate::watch::webhook;
 const PROBE_TTL: Duration = Duration::from_secs(5);
 
 /// Produces the daemon's status view on demand.
-pub type StatusFn = Arc<dyn Fn() -> StatusView + Send + Sync>;
+pub type StatusFn = Arc<dyn Fn(Detail) -> StatusView + Send + Sync>;
 
 /// What the API holds: the doors it opens onto the daemon, its own
 /// settings and its own small state (the readiness probe's last answer).
@@ -48,6 +52,8 @@ pub struct ApiState {
     webhook_auth: Option<HttpAuth>,
     api_auth: Option<HttpAuth>,
     webhook_max_body_bytes: usize,
+    /// The daemon's controls (`POST /v1/reconcile`, …).
+    steer: Arc<dyn steer::Steer>,
     /// The last readiness probe of the primary, reused for a few seconds.
     primary_probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -60,8 +66,10 @@ impl ApiState {
         status: StatusFn,
         store: Arc<Store>,
         primary: Arc<Registry>,
+        steer: Arc<dyn steer::Steer>,
     ) -> ApiState {
         ApiState {
+            steer,
             intake,
             metrics,
             status,
@@ -79,6 +87,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let guarded = Router::new()
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics_text))
+        .route("/v1/reconcile", post(steer::reconcile))
+        .route("/v1/audit", post(steer::audit))
+        .route("/v1/retry", post(steer::retry))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api_auth,
@@ -189,7 +200,22 @@ async fn notifications(
     }
     let mut bytes = Vec::new();
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    // A sender that stops mid-body holds a connection: it gets a time limit.
+    let deadline = tokio::time::Instant::now() + serve::BODY_TIMEOUT;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                return plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {} s",
+                        serve::BODY_TIMEOUT.as_secs()
+                    ),
+                );
+            }
+        };
         match chunk {
             Ok(c) if bytes.len() + c.len() > limit => return too_large(),
             Ok(c) => bytes.extend_from_slice(&c),
@@ -234,18 +260,19 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn status(State(state): State<Arc<ApiState>>) -> Response {
-    axum::Json((state.status)()).into_response()
+    axum::Json((state.status)(Detail::Full)).into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<ApiState>>) -> Response {
-    let view = (state.status)();
+    let view = (state.status)(Detail::Gauges);
     let gauges: Vec<RegionGauges<'_>> = view
         .regions
         .iter()
         .map(|v| RegionGauges {
             name: &v.name,
-            up: v.reachable,
-            queue_depth: v.lag_items,
+            up: v.health.reachable != Some(false),
+            queue_depth: v.queue_depth,
+            lag_items: v.lag_items,
             parked: v.parked_count,
             in_flight: v.in_flight,
             lag_secs: v.lag_secs,

@@ -40,6 +40,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitStatus> {
         spec,
         config: args.config.clone(),
         regions: args.regions,
+        port_base: args.port_base,
         dir: args.dir.clone(),
         keep: args.keep,
         levels,

@@ -12,7 +12,7 @@ use crate::commands::ExitStatus;
 use crate::config;
 use crate::engine::{Engine, SyncOptions};
 use crate::lab::corpus::{Corpus, CorpusSpec};
-use crate::lab::localreg::{LocalOptions, LocalRegistry};
+use crate::lab::localreg::{LocalRegistry, Ports};
 use crate::registry::Scope;
 use crate::units::human_bytes;
 use crate::units::table;
@@ -28,10 +28,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
         REGIONS.len(),
         dir.display()
     );
-    let primary = LocalRegistry::start(&dir.join(PRIMARY), LocalOptions::default()).await?;
+    let mut ports = Ports::from_base(args.port_base);
+    let primary = LocalRegistry::start(&dir.join(PRIMARY), ports.options()?).await?;
     let mut replicas = Vec::new();
     for name in REGIONS {
-        replicas.push(LocalRegistry::start(&dir.join(name), LocalOptions::default()).await?);
+        replicas.push(LocalRegistry::start(&dir.join(name), ports.options()?).await?);
     }
 
     let config_path = dir.join("georep.yaml");

@@ -11,7 +11,7 @@ pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitStatus> {
     let base = match (&args.url, &args.config) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
         (None, Some(path)) => {
-            let config = crate::config::load(path)?;
+            let config = crate::config::load_without_secrets(path)?;
             format!("http://{}", local_address(&config.daemon.listen))
         }
         (None, None) => anyhow::bail!("give --config or --url"),

@@ -8,6 +8,7 @@ pub mod health;
 pub mod notify;
 pub mod run;
 pub mod status;
+pub mod steer;
 pub mod sync;
 pub mod wait;
 

@@ -174,11 +174,40 @@ pub struct FileTls {
 }
 
 /// A size: a number of bytes, or text such as `50MiB` or `1GB`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum FileSize {
     Bytes(u64),
+    /// Text, or a number that is not a whole count of bytes (`-5`, `1.5`):
+    /// checked, and refused in plain words, by the loader.
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for FileSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = FileSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size: a number of bytes, or text such as 50MiB or 1GB")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<FileSize, E> {
+                Ok(FileSize::Bytes(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<FileSize, E> {
+                Ok(
+                    u64::try_from(v)
+                        .map_or_else(|_| FileSize::Text(v.to_string()), FileSize::Bytes),
+                )
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<FileSize, E> {
+                Ok(FileSize::Text(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<FileSize, E> {
+                Ok(FileSize::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

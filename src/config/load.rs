@@ -11,6 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::file::{FileConfig, FileNotify, FileSize};
 mod access;
+mod parse;
 
 use access::url_identity;
 
@@ -30,11 +31,8 @@ pub enum LoadError {
         path: PathBuf,
         error: std::io::Error,
     },
-    /// Not YAML, an unknown key, a wrong type: rendered by the parser with a
-    /// snippet of the file.
-    #[error("invalid config {}:\n{rendered}", path.display())]
-    Parse { path: PathBuf, rendered: String },
-    /// Well-formed YAML with values that cannot work.
+    /// Not YAML, an unknown key, a wrong type, values that cannot work:
+    /// every problem with its place.
     #[error("{}", render_issues(path, issues))]
     Invalid { path: PathBuf, issues: Vec<Issue> },
 }
@@ -84,6 +82,19 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     load_str(path, &text, &|name| std::env::var(name).ok())
 }
 
+/// Loads a config for the commands that only ask a daemon or read the
+/// store (`status`, `health`, `reconcile`, `audit`, `retry`): a secret that
+/// is not available (an unset variable, an unreadable file) is left out
+/// instead of refused, so these commands need no registry passwords.
+/// Everything else is checked as [`load`] checks it.
+pub fn load_without_secrets(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    load_with(path, &text, &|name| std::env::var(name).ok(), false)
+}
+
 /// Loads a config from `text`, as if read from `path`; environment variables
 /// are looked up with `env` (so tests need not touch the process environment).
 pub fn load_str(
@@ -91,13 +102,23 @@ pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, LoadError> {
-    let source_name = path.display().to_string();
-    let file: FileConfig = serde_saphyr::from_str(text).map_err(|e| LoadError::Parse {
-        path: path.to_owned(),
-        rendered: e.render_with_options(serde_saphyr::render_options! {
-            source_name: Some(&source_name),
-        }),
-    })?;
+    load_with(path, text, env, true)
+}
+
+/// [`load_str`], with missing secrets refused or left out.
+fn load_with(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets_required: bool,
+) -> Result<Config, LoadError> {
+    let (file, parse_issues) = parse::parse(text);
+    let Some(file) = file else {
+        return Err(LoadError::Invalid {
+            path: path.to_owned(),
+            issues: parse_issues,
+        });
+    };
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -111,6 +132,7 @@ pub fn load_str(
         text,
         base_dir,
         env,
+        secrets_required,
         issues: Vec::new(),
         default_requests_per_sec: None,
         default_bytes_per_sec: None,
@@ -118,6 +140,12 @@ pub fn load_str(
         docker: None,
     };
     let config = v.config(path, file);
+    // What the parser refused comes first, then what the checks found in
+    // the rest; in the order of the file.
+    let mut parse_issues = parse_issues;
+    parse_issues.append(&mut v.issues);
+    v.issues = parse_issues;
+    v.issues.sort_by_key(|i| (i.line, i.column));
     if v.issues.is_empty() {
         // `config` is always Some when no issue was recorded.
         config.ok_or_else(|| LoadError::Invalid {
@@ -136,6 +164,8 @@ struct Validator<'a> {
     text: &'a str,
     base_dir: PathBuf,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// A secret that cannot be read is an issue (else it is left out).
+    secrets_required: bool,
     issues: Vec<Issue>,
     /// The Docker config, once looked up (`Some(None)`: there is none).
     docker: Option<Option<super::docker::DockerConfig>>,
@@ -488,6 +518,7 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|var| match (self.env)(&var.value) {
                     Some(t) => Some(Secret::new(t)),
+                    None if !self.secrets_required => None,
                     None => {
                         self.issue(
                             var.referenced,

@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use load::{LoadError, load, load_str};
+pub use load::{LoadError, load, load_str, load_without_secrets};
 
 /// How many manifest graphs (one repository's tag and everything under it)
 /// are copied at once.
@@ -354,6 +354,9 @@ pub(crate) fn base_url(mut url: url::Url) -> url::Url {
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    if t.starts_with('-') {
+        return Err(format!("must be at least 1 byte, not {text}"));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());

@@ -12,6 +12,7 @@
 
 pub mod schedule;
 pub mod status;
+pub mod steer;
 pub mod workers;
 
 use std::future::Future;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::api::ApiState;
-use crate::background::{self, Period};
+use crate::background::{self, BackgroundTask, Period};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -32,7 +33,11 @@ use crate::watch::audit::Audit;
 use crate::watch::doorbell::Doorbell;
 use crate::watch::intake::{FORGET_EVERY, ForgetEvents, Intake};
 use crate::watch::poller::Reconcile;
+use crate::watch::probe::{HealthBook, PROBE_EVERY, Probe};
 use workers::Workers;
+
+/// How long the first probe of the registries may hold the start.
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(10);
 
 /// A built daemon: store open, port bound, parts wired, nothing running.
 pub struct Daemon {
@@ -122,15 +127,54 @@ impl Daemon {
         } = self;
         let (trigger, signal) = shutdown::channel();
         let addr = listener.local_addr()?;
+        let d = &config.daemon;
+        let every =
+            |p: Option<Duration>| p.map_or("off".to_owned(), |d| format!("{}s", d.as_secs()));
         tracing::info!(
             %addr,
-            regions = config.regions.len(),
-            poll_interval_secs = config.daemon.poll_interval.map(|d| d.as_secs()),
-            audit_interval_secs = config.daemon.audit_interval.map(|d| d.as_secs()),
+            version = env!("CARGO_PKG_VERSION"),
+            primary = %config.primary.display_url(),
+            regions = %config.regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
+            poll_interval = %every(d.poll_interval),
+            audit_interval = %every(d.audit_interval),
+            deletes = match (d.deletes, d.deletes_dry_run) {
+                (crate::config::DeletePolicy::Ignore, _) => "ignore",
+                (crate::config::DeletePolicy::Propagate, false) => "propagate",
+                (crate::config::DeletePolicy::Propagate, true) => "propagate (dry run)",
+            },
+            notify = %if d.notify.is_empty() {
+                "none".to_owned()
+            } else {
+                d.notify.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(",")
+            },
             "georep daemon listening"
         );
         warn_if_open(&config, addr);
 
+        // Every registry is asked once before anything is copied: each
+        // problem (credentials, TLS, unreachable) is said once, up front.
+        let health = Arc::new(HealthBook::default());
+        let probe = Probe {
+            registries: std::iter::once(engine.primary().clone())
+                .chain(engine.regions().iter().cloned())
+                .collect(),
+            book: health.clone(),
+        };
+        let first = tokio::time::timeout(FIRST_PROBE_WAIT, probe.activate()).await;
+        if first.is_err() {
+            tracing::warn!(
+                "the registries did not all answer within {} s; starting anyway",
+                FIRST_PROBE_WAIT.as_secs()
+            );
+        }
+        let probe = background::spawn(
+            probe,
+            Some(Period {
+                every: PROBE_EVERY,
+                at_start: false,
+            }),
+            signal.clone(),
+        );
         let notifier = Arc::new(Notifier::new(&config, engine.store().clone()));
         let workers = Arc::new(Workers::new(
             config.clone(),
@@ -147,31 +191,42 @@ impl Daemon {
         if config.daemon.audit_interval.is_none() {
             tracing::info!("audits are off (audit_interval_secs: 0)");
         }
+        let reconcile_task = Reconcile {
+            engine: engine.clone(),
+            intake: intake.clone(),
+            metrics: metrics.clone(),
+            filter: config.repositories.clone(),
+        };
         let reconcile = Arc::new(background::spawn(
-            Reconcile {
-                engine: engine.clone(),
-                intake: intake.clone(),
-                metrics: metrics.clone(),
-            },
+            reconcile_task.clone(),
             config.daemon.poll_interval.map(|every| Period {
                 every,
                 at_start: true,
             }),
             signal.clone(),
         ));
+        let audit_task = Audit {
+            engine: engine.clone(),
+            intake: intake.clone(),
+            metrics: metrics.clone(),
+            filter: config.repositories.clone(),
+        };
         let audit = Arc::new(background::spawn(
-            Audit {
-                engine: engine.clone(),
-                intake: intake.clone(),
-                metrics: metrics.clone(),
-                filter: config.repositories.clone(),
-            },
+            audit_task.clone(),
             config.daemon.audit_interval.map(|every| Period {
                 every,
                 at_start: false,
             }),
             signal.clone(),
         ));
+        let steering = Arc::new(steer::Steering {
+            regions: config.regions.iter().map(|r| r.name.clone()).collect(),
+            reconcile: reconcile_task,
+            reconcile_task: reconcile.clone(),
+            audit: audit_task,
+            audit_task: audit.clone(),
+            intake: intake.clone(),
+        });
         let forget = background::spawn(
             ForgetEvents(engine.store().clone()),
             Some(Period {
@@ -181,29 +236,33 @@ impl Daemon {
             signal.clone(),
         );
         let sources = status::Sources {
+            config: config.clone(),
             engine: engine.clone(),
             in_flight: workers.in_flight(),
             metrics: metrics.clone(),
             reconcile: reconcile.clone(),
             audit: audit.clone(),
             notifier: notifier.clone(),
+            health: health.clone(),
         };
         let api = {
-            let mut signal = signal.clone();
+            let signal = signal.clone();
             let state = ApiState::new(
                 &config.daemon,
                 intake,
                 metrics.clone(),
-                Arc::new(move || sources.view()),
+                Arc::new(move |detail| sources.view(detail)),
                 engine.store().clone(),
                 engine.primary().clone(),
+                steering,
             );
             let app = crate::api::router(Arc::new(state));
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { signal.wait().await })
-                    .await
-            })
+            tokio::spawn(crate::api::serve::serve(
+                listener,
+                app,
+                crate::api::serve::Limits::default(),
+                signal,
+            ))
         };
         let workers = tokio::spawn(workers::run(workers, signal.clone()));
         let notifier = notifier.spawn(signal.clone());
@@ -216,10 +275,10 @@ impl Daemon {
         trigger.fire();
         reconcile.stop().await;
         audit.stop().await;
+        probe.stop().await;
         forget.stop().await;
         match api.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("the HTTP API ended with an error: {e}"),
+            Ok(()) => {}
             Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::warn!("the HTTP API task failed: {e}"),
         }

@@ -1,90 +1,72 @@
-//! The daemon's status view ([`crate::status::StatusView`]), put together
-//! from the store, the work in flight, the engine's counters and the
-//! background tasks' last runs.
+//! The daemon's status view ([`crate::status::StatusView`]): the store's
+//! view ([`crate::status::build`]) with what only the daemon knows — the
+//! registries' health from the probe, the work in flight, the engine's
+//! counters, the background tasks' last runs and the notification targets.
 
 use std::sync::Arc;
 
 use super::workers::InFlight;
 use crate::background::TaskHandle;
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::{EventResult, Metrics};
 use crate::notify::Notifier;
-use crate::status::{MAX_PARKED_LISTED, ParkedView, PrimaryView, RegionStatusView, StatusView};
-use crate::store::{format_unix, now_unix_ms};
+use crate::status::{Detail, Live, StatusView};
 use crate::watch::audit::AuditReport;
 use crate::watch::poller::ReconcileReport;
+use crate::watch::probe::HealthBook;
 
 /// Everything the view is read from.
 pub struct Sources {
+    pub config: Arc<Config>,
     pub engine: Arc<Engine>,
     pub in_flight: Arc<InFlight>,
     pub metrics: Arc<Metrics>,
     pub reconcile: Arc<TaskHandle<ReconcileReport>>,
     pub audit: Arc<TaskHandle<AuditReport>>,
     pub notifier: Arc<Notifier>,
+    pub health: Arc<HealthBook>,
 }
 
 impl Sources {
-    pub fn view(&self) -> StatusView {
-        let store = self.engine.store();
-        let now = now_unix_ms();
-        let regions = self
-            .engine
-            .regions()
-            .iter()
-            .enumerate()
-            .map(|(r, reg)| {
-                // Figures kept in memory: O(regions) per request, whatever
-                // the backlog.
-                let queue = store.queue_figures(r);
-                let in_flight = self.in_flight.count(r);
-                let s = store.region_status(r);
-                let c = self.engine.copied(r);
-                RegionStatusView {
-                    name: reg.name().to_owned(),
-                    url: reg.url().to_owned(),
-                    reachable: !reg.is_unreachable(),
-                    queue_depth: (queue.len - queue.parked).saturating_sub(in_flight),
-                    in_flight,
-                    lag_items: queue.len,
-                    lag_secs: queue
-                        .oldest_since_ms
-                        .map_or(0.0, |o| now.saturating_sub(o) as f64 / 1000.0),
-                    parked_count: queue.parked,
-                    parked: store
-                        .parked_items(r, MAX_PARKED_LISTED)
-                        .iter()
-                        .map(|q| ParkedView {
-                            repository: q.repository.clone(),
-                            reference: q.reference.clone(),
-                            digest: q.item.known_digest().map(|d| d.as_str().to_owned()),
-                            attempts: q.item.attempts,
-                            reason: q.item.last_error.clone().unwrap_or_default(),
-                        })
-                        .collect(),
-                    last_success_at: s.last_success_at.map(format_unix),
-                    last_error: s.last_error,
-                    last_error_at: s.last_error_at.map(format_unix),
-                    blobs_copied: c.blobs_uploaded,
-                    bytes_copied: c.bytes_uploaded,
-                    blobs_mounted: c.blobs_mounted,
-                    manifests_pushed: c.manifests_pushed,
+    pub fn view(&self, detail: Detail) -> StatusView {
+        let regions = self.engine.regions();
+        let mut health = self.health.get();
+        // A region whose breaker is open is unreachable now, whatever the
+        // last probe said; one that has succeeded since the probe found it
+        // down is back.
+        for (i, reg) in regions.iter().enumerate() {
+            let Some(h) = health.get_mut(i + 1) else {
+                continue;
+            };
+            if reg.is_unreachable() {
+                h.reachable = Some(false);
+            } else if h.reachable == Some(false) {
+                let checked = h.checked_at.as_deref().and_then(crate::status::unix_secs);
+                let success = self.engine.store().region_status(i).last_success_at;
+                if let (Some(c), Some(s)) = (checked, success)
+                    && s > c
+                {
+                    h.reachable = Some(true);
+                    h.problem = None;
                 }
-            })
-            .collect();
-        let m = &self.metrics;
-        StatusView {
-            primary: PrimaryView {
-                name: self.engine.primary().name().to_owned(),
-                url: self.engine.primary().url().to_owned(),
-            },
-            regions,
-            reconcile: self.reconcile.status(),
-            audit: self.audit.status(),
-            events_queued: m.events(EventResult::Queued),
-            events_duplicate: m.events(EventResult::Duplicate),
-            events_rejected: m.events(EventResult::Rejected),
-            notify: self.notifier.view(),
+            }
         }
+        let m = &self.metrics;
+        let live = Live {
+            in_flight: (0..regions.len())
+                .map(|r| self.in_flight.count(r))
+                .collect(),
+            copied: (0..regions.len()).map(|r| self.engine.copied(r)).collect(),
+            reconcile: Some(self.reconcile.status()),
+            audit: Some(self.audit.status()),
+            events: [
+                m.events(EventResult::Queued),
+                m.events(EventResult::Duplicate),
+                m.events(EventResult::Rejected),
+            ],
+            notify: self.notifier.view(),
+        };
+        crate::status::build(&self.config, self.engine.store(), health, live, detail)
     }
 }

@@ -586,8 +586,10 @@ fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
             } else {
                 tracing::debug!(%region, failures = gate.failures, retry_in_ms = delay.as_millis() as u64, "region still unreachable: {cause}");
             }
+            // Not the region's last error: an outage is its health (the
+            // probe's, in the status), and it ends by itself; an error
+            // kept here would outlive it.
             drop(gate);
-            status_recorded(region, store.record_outcome(r, Some(&cause.message)));
         }
         Outcome::Failed(cause) => {
             m.error(cause.kind);

@@ -42,7 +42,25 @@ impl Engine {
     /// repository is resolved. Failures to list a repository or resolve a
     /// tag are reported and that item is left alone; the others go on.
     pub async fn list_primary(&self, jobs: mpsc::Sender<ImageJob>) -> Listing {
+        self.list_primary_in(None, jobs).await
+    }
+
+    /// [`Engine::list_primary`], of one repository only when `only` names
+    /// it (its catalog is not asked: a repository gone from the primary
+    /// lists no tags, and its known tags are tombstoned).
+    pub async fn list_primary_in(
+        &self,
+        only: Option<&str>,
+        jobs: mpsc::Sender<ImageJob>,
+    ) -> Listing {
         let mut listing = Listing::default();
+        if let Some(repo) = only {
+            listing.repositories = 1;
+            let (tags, failures) = self.list_repository(repo.to_owned(), jobs).await;
+            listing.tags = tags;
+            listing.failures = failures;
+            return listing;
+        }
         let repositories = match self.primary.catalog().await {
             Ok(r) => r,
             Err(e) => {

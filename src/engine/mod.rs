@@ -290,6 +290,20 @@ impl Engine {
                             tags_not_detailed += 1;
                         }
                     }
+                    if !options.dry_run && matches!(o.state, TagState::InSync | TagState::Copied) {
+                        let finished = self.facts.store().finish_if_held(
+                            o.region,
+                            &job.repository,
+                            &o.tag,
+                            &job.digest,
+                        );
+                        if let Err(e) = finished {
+                            tracing::warn!(
+                                "clearing a queued item of {} failed: {e:#}",
+                                region.name()
+                            );
+                        }
+                    }
                     let counts = &mut per_region[o.region];
                     match o.state {
                         TagState::InSync => counts.0 += 1,
@@ -352,6 +366,29 @@ impl Engine {
             });
         }
 
+        // Tags the regions hold that the primary deleted: the listing has
+        // just tombstoned what it no longer lists.
+        let mut only_in_region = Vec::new();
+        let mut only_counts = vec![0usize; self.regions.len()];
+        for (r, reg) in self.regions.iter().enumerate() {
+            let only = self
+                .facts
+                .store()
+                .only_in_region(r, |repo| self.filter.allows(repo));
+            only_counts[r] = only.len();
+            for o in only {
+                if only_in_region.len() >= MAX_TAG_DETAILS {
+                    break;
+                }
+                only_in_region.push(report::OnlyInRegion {
+                    region: reg.name().to_owned(),
+                    repository: o.repository,
+                    tag: o.tag,
+                    digest: o.digest,
+                    deleted_on_primary_at: crate::store::format_unix(o.deleted_on_primary_at),
+                });
+            }
+        }
         let regions = self
             .regions
             .iter()
@@ -370,6 +407,7 @@ impl Engine {
                     bytes_uploaded: copied.bytes_uploaded,
                     blobs_mounted: copied.blobs_mounted,
                     manifests_pushed: copied.manifests_pushed,
+                    tags_only_in_region: only_counts[r],
                     unreachable: reg.is_unreachable(),
                     requests: reg.stats().minus(stats_before),
                 }
@@ -398,6 +436,7 @@ impl Engine {
                 })
                 .collect(),
             tags_not_detailed,
+            only_in_region,
             failures,
             elapsed_secs: started.elapsed().as_secs_f64(),
             peak_rss_bytes: crate::resources::peak_rss_bytes(),

@@ -23,6 +23,9 @@ pub struct SyncReport {
     /// Region results for tags beyond the first `MAX_TAG_DETAILS`, counted
     /// in the region totals but not listed.
     pub tags_not_detailed: usize,
+    /// Tags a region holds that the primary deleted (the first
+    /// `MAX_TAG_DETAILS`; each region's total is in its report).
+    pub only_in_region: Vec<OnlyInRegion>,
     pub failures: Vec<Failure>,
     pub elapsed_secs: f64,
     /// Peak resident memory of this process so far, where the OS tells.
@@ -55,6 +58,8 @@ pub struct RegionReport {
     pub bytes_uploaded: u64,
     pub blobs_mounted: u64,
     pub manifests_pushed: u64,
+    /// Tags the region holds that the primary deleted.
+    pub tags_only_in_region: usize,
     /// The region could not be reached at the end of the pass.
     pub unreachable: bool,
     pub requests: StatsSnapshot,
@@ -77,6 +82,17 @@ pub struct TagReport {
     pub digest: Digest,
     /// Region name -> state.
     pub regions: BTreeMap<String, TagState>,
+}
+
+/// A tag a region holds that the primary deleted.
+#[derive(Clone, Debug, Serialize)]
+pub struct OnlyInRegion {
+    pub region: String,
+    pub repository: String,
+    pub tag: String,
+    pub digest: Digest,
+    /// When the primary's listing first missed it (RFC 3339).
+    pub deleted_on_primary_at: String,
 }
 
 /// One thing that did not replicate.
@@ -111,6 +127,7 @@ impl SyncReport {
                 "MIB",
                 "MOUNTS",
                 "MANIFESTS",
+                "ONLY IN REGION",
             ]
         } else {
             [
@@ -124,6 +141,7 @@ impl SyncReport {
                 "MIB",
                 "MOUNTED",
                 "MANIFESTS",
+                "ONLY IN REGION",
             ]
         };
         let mut rows: Vec<Vec<String>> = vec![headers.iter().map(|s| s.to_string()).collect()];
@@ -144,11 +162,14 @@ impl SyncReport {
                 format!("{:.1}", r.bytes_uploaded as f64 / (1024.0 * 1024.0)),
                 r.blobs_mounted.to_string(),
                 r.manifests_pushed.to_string(),
+                r.tags_only_in_region.to_string(),
             ]);
         }
         out.push_str(&table(
             &rows,
-            &[false, false, true, true, true, true, true, true, true, true],
+            &[
+                false, false, true, true, true, true, true, true, true, true, true,
+            ],
         ));
         let _ = writeln!(
             out,
@@ -159,6 +180,28 @@ impl SyncReport {
             self.primary.tags,
             self.elapsed_secs
         );
+        let only: usize = self.regions.iter().map(|r| r.tags_only_in_region).sum();
+        if only > 0 {
+            let _ = writeln!(
+                out,
+                "\n{only} tag(s) only in a region: deleted on the primary, still in the region \
+                 (the daemon deletes them under `deletes.policy: propagate`; sync never deletes):"
+            );
+            for o in &self.only_in_region {
+                let _ = writeln!(
+                    out,
+                    "  {}  {}:{}  {}  deleted on the primary {}",
+                    o.region,
+                    o.repository,
+                    o.tag,
+                    o.digest.short(),
+                    o.deleted_on_primary_at
+                );
+            }
+            if self.only_in_region.len() < only {
+                let _ = writeln!(out, "  … and {} more", only - self.only_in_region.len());
+            }
+        }
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\n{} failed:", self.failures.len());
             for f in &self.failures {

@@ -60,6 +60,43 @@ pub struct LocalTls {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Ports for the registries a command starts: free ones, or consecutive
+/// ones from a base (`--port-base`), so they can be opened in a firewall
+/// or found again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ports {
+    next: Option<u16>,
+}
+
+impl Ports {
+    pub fn from_base(base: Option<u16>) -> Ports {
+        Ports { next: base }
+    }
+
+    /// Options with the next port of the base, or a free one.
+    pub fn options(&mut self) -> anyhow::Result<LocalOptions> {
+        let port = match self.next {
+            None => None,
+            Some(p) => {
+                self.next = Some(
+                    p.checked_add(1)
+                        .ok_or_else(|| anyhow::anyhow!("--port-base {p}: no port after {p}"))?,
+                );
+                if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+                    anyhow::bail!(
+                        "port {p} (from --port-base) is in use on 127.0.0.1: choose another --port-base, or leave it out to use free ports"
+                    );
+                }
+                Some(p)
+            }
+        };
+        Ok(LocalOptions {
+            port,
+            ..LocalOptions::default()
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LocalOptions {
     pub auth: Option<LocalAuth>,

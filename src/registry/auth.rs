@@ -252,6 +252,16 @@ impl Auth {
             .clone()
     }
 
+    /// Whose credentials these are, for messages: `user "bob"`, `an
+    /// identity token`, `a bearer token`; `None` when anonymous.
+    pub fn whose(&self) -> Option<String> {
+        Some(match self.credentials()? {
+            Credentials::Basic { username, .. } => format!("user {username:?}"),
+            Credentials::IdentityToken(_) => "an identity token".to_owned(),
+            Credentials::Bearer(_) => "a bearer token".to_owned(),
+        })
+    }
+
     fn basic_header(&self) -> Option<HeaderValue> {
         let Some(Credentials::Basic { username, password }) = self.credentials() else {
             return None;

@@ -17,6 +17,7 @@ pub mod auth;
 mod blobs;
 pub(crate) mod body;
 pub mod breaker;
+pub mod check;
 pub mod error;
 pub mod limit;
 mod listing;

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    BlobRepos, ManifestFact, PrimaryTag, RegionId, Store, StoreError, decode, encode, key,
-    now_unix, now_unix_ms, split_key,
+    BlobRepos, ManifestFact, PrimaryTag, RegionId, RegionOnly, Store, StoreError, decode, encode,
+    key, now_unix, now_unix_ms, split_key,
 };
 use crate::digest::Digest;
 
@@ -195,6 +195,25 @@ impl Store {
                 let (repo, reference) = split_key(&k)?;
                 Some((repo, reference, decode(&v)?))
             })
+    }
+
+    /// Tags region `r` holds (as georep recorded) that the primary deleted
+    /// since (its listing tombstoned them), of repositories `wanted`
+    /// allows: what a delete held back (policy `ignore`, a dry run, a
+    /// daemon that was down) left behind.
+    pub fn only_in_region(&self, r: RegionId, wanted: impl Fn(&str) -> bool) -> Vec<RegionOnly> {
+        self.region_manifests(r)
+            .filter(|(repo, reference, _)| !reference.contains(':') && wanted(repo))
+            .filter_map(|(repository, tag, fact)| {
+                let deleted_at = self.primary_tag(&repository, &tag)?.deleted_at?;
+                Some(RegionOnly {
+                    repository,
+                    tag,
+                    digest: fact.digest,
+                    deleted_on_primary_at: deleted_at,
+                })
+            })
+            .collect()
     }
 
     fn blob_repos(&self, r: RegionId, digest: &Digest) -> BlobRepos {

@@ -183,6 +183,17 @@ pub struct ManifestFact {
     pub at_ms: u64,
 }
 
+/// A tag a region holds that the primary deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionOnly {
+    pub repository: String,
+    pub tag: String,
+    /// What the region acknowledged under the tag.
+    pub digest: Digest,
+    /// When the primary's listing first missed it (unix seconds).
+    pub deleted_on_primary_at: u64,
+}
+
 /// Repository -> when the region acknowledged the blob there (unix ms).
 type BlobRepos = BTreeMap<String, u64>;
 
@@ -517,6 +528,36 @@ mod tests {
         assert_eq!(s.primary_tags("r").keys().collect::<Vec<_>>(), vec!["b"]);
         assert!(s.primary_tag("r", "a").unwrap().deleted_at.is_some());
         assert_eq!(s.primary_repositories(), vec!["r".to_owned()]);
+    }
+
+    #[test]
+    fn only_tags_the_primary_deleted_are_only_in_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), &regions()).unwrap();
+        let d = Digest::sha256_of(b"x");
+        for tag in ["gone", "live", "filtered"] {
+            s.record_primary_tag(if tag == "filtered" { "f" } else { "r" }, tag, &d, None)
+                .unwrap();
+        }
+        s.tombstone_primary_tag("r", "gone").unwrap();
+        s.tombstone_primary_tag("f", "filtered").unwrap();
+        for (repo, reference) in [
+            ("r", "gone"),
+            ("r", "live"),
+            ("r", d.as_str()),
+            ("f", "filtered"),
+            // Copied on an event before any listing: not known to be gone.
+            ("r", "unlisted"),
+        ] {
+            s.record_manifest(0, repo, reference, &d).unwrap();
+        }
+        let only = s.only_in_region(0, |repo| repo != "f");
+        assert_eq!(
+            only.iter().map(|o| o.tag.as_str()).collect::<Vec<_>>(),
+            vec!["gone"]
+        );
+        assert_eq!(only[0].digest, d);
+        assert!(s.only_in_region(1, |_| true).is_empty());
     }
 
     /// sled lets go of its lock after the store is dropped, from another

@@ -289,6 +289,27 @@ impl Store {
         })
     }
 
+    /// A pass found region `r` holding `digest` under `repository:tag`: a
+    /// queued copy of exactly that is done (a daemon left it behind) and
+    /// leaves the queue. Returns whether one did.
+    pub fn finish_if_held(
+        &self,
+        r: RegionId,
+        repository: &str,
+        tag: &str,
+        digest: &Digest,
+    ) -> Result<bool, StoreError> {
+        if self.queue_figures(r).len == 0 {
+            return Ok(false);
+        }
+        match self.queued_item(r, repository, tag) {
+            Some(q) if q.item.action == Action::Copy && q.item.digest == *digest => {
+                self.finish_item(r, &q)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Whether region `r` has work queued on `repository:reference`.
     pub fn has_item(&self, r: RegionId, repository: &str, reference: &str) -> bool {
         self.regions[r]
@@ -354,22 +375,44 @@ impl Store {
 
     /// Makes every parked item of every region ready again.
     pub fn unpark_all(&self) -> Result<usize, StoreError> {
-        self.make_ready(|i| i.parked, 0)
+        self.make_ready(|_, q| q.item.parked, 0)
+    }
+
+    /// Makes the parked items of region `region` (or every region) and of
+    /// `repository` (or every repository) ready again, with a fresh count
+    /// of attempts: an operator's retry.
+    pub fn unpark(
+        &self,
+        region: Option<RegionId>,
+        repository: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        self.make_ready(
+            |r, q| {
+                q.item.parked
+                    && region.is_none_or(|x| x == r)
+                    && repository.is_none_or(|x| x == q.repository)
+            },
+            0,
+        )
     }
 
     /// Makes every waiting (not parked) item ready now, keeping its count
     /// of attempts: for a daemon that starts over.
     pub fn retry_all_now(&self) -> Result<usize, StoreError> {
-        self.make_ready(|i| !i.parked && i.not_before_ms > 0, u32::MAX)
+        self.make_ready(|_, q| !q.item.parked && q.item.not_before_ms > 0, u32::MAX)
     }
 
     /// Items matching `which` become ready now; `attempts` is set to the
     /// smaller of itself and `cap`.
-    fn make_ready(&self, which: impl Fn(&WorkItem) -> bool, cap: u32) -> Result<usize, StoreError> {
+    fn make_ready(
+        &self,
+        which: impl Fn(RegionId, &Queued) -> bool,
+        cap: u32,
+    ) -> Result<usize, StoreError> {
         let mut n = 0;
         for r in 0..self.regions.len() {
             for q in self.queued(r, usize::MAX) {
-                if which(&q.item) {
+                if which(r, &q) {
                     let item = WorkItem {
                         parked: false,
                         attempts: q.item.attempts.min(cap),

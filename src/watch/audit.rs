@@ -22,6 +22,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
+use super::Only;
 use super::intake::Intake;
 use crate::background::{Activation, BackgroundTask};
 use crate::config::RepositoryFilter;
@@ -46,6 +47,7 @@ pub struct AuditReport {
     pub stale: usize,
 }
 
+#[derive(Clone)]
 pub struct Audit {
     pub engine: Arc<Engine>,
     pub intake: Arc<Intake>,
@@ -108,8 +110,19 @@ impl BackgroundTask for Audit {
     const NAME: &'static str = "audit";
 
     async fn activate(&self) -> Activation<AuditReport> {
+        self.run(&Only::default()).await
+    }
+}
+
+impl Audit {
+    /// One audit of what `only` covers (everything, periodically; one
+    /// region or repository when an operator asks, e.g. after a region
+    /// was wiped).
+    pub async fn run(&self, only: &Only) -> Activation<AuditReport> {
         let started = std::time::Instant::now();
-        let regions = (0..self.engine.regions().len()).map(|r| self.audit_region(r));
+        let regions = (0..self.engine.regions().len())
+            .filter(|&r| only.region(self.engine.regions()[r].name()))
+            .map(|r| self.audit_region(r, only));
         let found = join_all(regions).await;
         if let Err(e) = self.intake.flush().await {
             tracing::warn!("audit: flushing the store failed: {e:#}");
@@ -128,7 +141,7 @@ impl BackgroundTask for Audit {
 }
 
 impl Audit {
-    async fn audit_region(&self, r: RegionId) -> Found {
+    async fn audit_region(&self, r: RegionId, only: &Only) -> Found {
         let region = &self.engine.regions()[r];
         let store = self.engine.store();
         let mut found = Found::default();
@@ -145,7 +158,7 @@ impl Audit {
         for repo in store
             .primary_repositories()
             .into_iter()
-            .filter(|r| self.filter.allows(r))
+            .filter(|r| self.filter.allows(r) && only.repository(r))
         {
             let held = held(store, r, &repo);
             if held.is_empty() {

@@ -16,8 +16,8 @@ use super::webhook::{Decision, Event, decide};
 use crate::background::{Activation, BackgroundTask};
 use crate::config::{DeletePolicy, RepositoryFilter};
 use crate::metrics::{EventResult, Metrics};
-use crate::store::queue::{Accepted, Action, Change};
-use crate::store::{Store, StoreError, now_unix_ms};
+use crate::store::queue::{Accepted, Action, Change, Origin, WorkItem};
+use crate::store::{RegionId, RegionOnly, Store, StoreError, now_unix_ms};
 
 /// Event ids are remembered this long for de-duplication.
 pub const EVENT_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -129,6 +129,23 @@ impl Intake {
         }
         match self.store.accept(Some(&id), std::slice::from_ref(&change)) {
             Ok(Accepted::Queued) => {
+                // The event is the primary's word that it serves the tag
+                // at this digest, as a listing would say.
+                if change.item.action == Action::Copy
+                    && !change.reference.contains(':')
+                    && let Err(e) = self.store.record_primary_tag(
+                        &change.repository,
+                        &change.reference,
+                        &change.item.digest,
+                        change.item.media_type.as_deref(),
+                    )
+                {
+                    tracing::warn!(
+                        "recording the primary's tag {}:{} failed: {e:#}",
+                        change.repository,
+                        change.reference
+                    );
+                }
                 self.doorbell
                     .hints
                     .touch_regions(None, &change.repository, &change.reference);
@@ -198,14 +215,64 @@ impl Intake {
         accepted.map(|_| n)
     }
 
+    /// Whether deletes on the primary are carried to the regions.
+    pub fn propagates_deletes(&self) -> bool {
+        self.deletes == DeletePolicy::Propagate
+    }
+
+    /// Under `deletes.policy: propagate`, queues the deletes still due in
+    /// region `r`: tags the primary deleted that the region still holds
+    /// (found by a reconcile). A manifest the primary no longer serves
+    /// (`on_primary` says `Some(false)`) goes by digest, with every tag on
+    /// it; a tag whose manifest the primary still serves goes alone; an
+    /// unknown answer (`None`) waits for the next reconcile. Returns how
+    /// many were queued.
+    pub fn due_deletes(
+        &self,
+        r: RegionId,
+        only: &[RegionOnly],
+        on_primary: impl Fn(&str, &crate::digest::Digest) -> Option<bool>,
+    ) -> Result<usize, StoreError> {
+        if !self.propagates_deletes() || only.is_empty() {
+            return Ok(0);
+        }
+        let now = now_unix_ms();
+        let mut batch: Vec<Change> = Vec::new();
+        let mut by_digest: Vec<(&str, &crate::digest::Digest)> = Vec::new();
+        for o in only {
+            let reference = match on_primary(&o.repository, &o.digest) {
+                None => continue,
+                Some(true) => o.tag.clone(),
+                Some(false) if by_digest.contains(&(o.repository.as_str(), &o.digest)) => continue,
+                Some(false) => {
+                    by_digest.push((&o.repository, &o.digest));
+                    o.digest.as_str().to_owned()
+                }
+            };
+            batch.push(Change {
+                repository: o.repository.clone(),
+                reference,
+                item: WorkItem::new(Action::Delete, o.digest.clone(), Origin::Reconcile, 0, now),
+                regions: Some(vec![r]),
+            });
+        }
+        self.changes(&mut batch)
+    }
+
     /// Makes what [`Intake::changes`] queued durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.store.flush().await
     }
 
-    /// Parked items are tried again: a reconcile's first step.
-    pub fn unpark_all(&self) -> Result<usize, StoreError> {
-        let n = self.store.unpark_all()?;
+    /// Parked items of region `region` (or all) and `repository` (or
+    /// all) are tried again: a reconcile's first step, and an operator's
+    /// retry.
+    pub fn unpark(
+        &self,
+        region: Option<RegionId>,
+        repository: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let n = self.store.unpark(region, repository)?;
         if n > 0 {
             self.doorbell.hints.rescan_all();
         }

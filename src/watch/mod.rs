@@ -8,4 +8,30 @@ pub mod audit;
 pub mod doorbell;
 pub mod intake;
 pub mod poller;
+pub mod probe;
 pub mod webhook;
+
+use serde::{Deserialize, Serialize};
+
+/// What one run of the reconcile or the audit covers, when an operator
+/// asks for less than everything (`POST /v1/reconcile?region=…`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Only {
+    /// A region's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+}
+
+impl Only {
+    /// Whether region `name` is covered.
+    pub fn region(&self, name: &str) -> bool {
+        self.region.as_deref().is_none_or(|r| r == name)
+    }
+
+    /// Whether `repository` is covered.
+    pub fn repository(&self, repository: &str) -> bool {
+        self.repository.as_deref().is_none_or(|r| r == repository)
+    }
+}

@@ -9,17 +9,22 @@
 //! pushes). It also wakes parked items, so a permanent failure is tried
 //! once per interval.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::Only;
 use super::intake::Intake;
 use crate::background::{Activation, BackgroundTask};
+use crate::config::RepositoryFilter;
+use crate::digest::Digest;
 use crate::engine::Engine;
 use crate::engine::listing::ImageJob;
 use crate::metrics::Metrics;
+use crate::registry::Scope;
 use crate::store::Store;
 use crate::store::now_unix_ms;
 use crate::store::queue::{Action, Change, Origin, WorkItem};
@@ -36,12 +41,21 @@ pub struct ReconcileReport {
     /// Items queued (regions found behind).
     #[serde(rename = "last_queued")]
     pub queued: usize,
+    /// Per region: tags it holds that the primary deleted.
+    #[serde(rename = "last_only_in_region", default)]
+    pub only_in_region: BTreeMap<String, usize>,
+    /// Of those, deletes queued (`deletes.policy: propagate`).
+    #[serde(rename = "last_deletes_queued", default)]
+    pub deletes_queued: usize,
 }
 
+#[derive(Clone)]
 pub struct Reconcile {
     pub engine: Arc<Engine>,
     pub intake: Arc<Intake>,
     pub metrics: Arc<Metrics>,
+    /// Repositories the config selects (others are left alone).
+    pub filter: RepositoryFilter,
 }
 
 /// The diff of one listed image: a backfill change per tag, naming the
@@ -82,12 +96,91 @@ impl Reconcile {
     }
 }
 
+impl Reconcile {
+    /// Per region, the tags it holds that the primary deleted (as the
+    /// listing just found), and the deletes queued for them: a manifest the
+    /// primary no longer serves is deleted by digest, a tag whose manifest
+    /// it still serves (a registry that deletes tags alone) by tag. One
+    /// `HEAD` on the primary per such manifest, only when deletes
+    /// propagate.
+    async fn left_in_regions(&self, scope: &Only) -> (BTreeMap<String, usize>, usize) {
+        let store = self.engine.store();
+        let primary = self.engine.primary();
+        let mut on_primary: HashMap<(String, Digest), bool> = HashMap::new();
+        let mut counts = BTreeMap::new();
+        let mut queued = 0;
+        for (r, region) in self.engine.regions().iter().enumerate() {
+            if !scope.region(region.name()) {
+                continue;
+            }
+            let only =
+                store.only_in_region(r, |repo| self.filter.allows(repo) && scope.repository(repo));
+            counts.insert(region.name().to_owned(), only.len());
+            if only.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                region = %region.name(),
+                "{} tag(s) only in the region, deleted on the primary (e.g. {}:{})",
+                only.len(),
+                only[0].repository,
+                only[0].tag
+            );
+            if !self.intake.propagates_deletes() {
+                continue;
+            }
+            for o in &only {
+                let key = (o.repository.clone(), o.digest.clone());
+                if on_primary.contains_key(&key) {
+                    continue;
+                }
+                let scope = Scope::pull(&o.repository);
+                match primary
+                    .head_manifest(&o.repository, o.digest.as_str(), &scope)
+                    .await
+                {
+                    Ok(found) => {
+                        on_primary.insert(key, found.is_some());
+                    }
+                    Err(e) => tracing::warn!(
+                        "reconcile: asking the primary for {}@{} failed; its delete waits: {e:#}",
+                        o.repository,
+                        o.digest
+                    ),
+                }
+            }
+            let due = self.intake.due_deletes(r, &only, |repo, d| {
+                on_primary.get(&(repo.to_owned(), d.clone())).copied()
+            });
+            match due {
+                Ok(n) => queued += n,
+                Err(e) => {
+                    tracing::warn!(region = %region.name(), "reconcile: queueing deletes failed: {e:#}")
+                }
+            }
+        }
+        (counts, queued)
+    }
+}
+
 impl BackgroundTask for Reconcile {
     type Report = ReconcileReport;
     const NAME: &'static str = "reconcile";
 
     async fn activate(&self) -> Activation<ReconcileReport> {
-        match self.intake.unpark_all() {
+        self.run(&Only::default()).await
+    }
+}
+
+impl Reconcile {
+    /// One reconcile of what `only` covers (everything, periodically; one
+    /// region or repository when an operator asks).
+    pub async fn run(&self, only: &Only) -> Activation<ReconcileReport> {
+        let region_id = only
+            .region
+            .as_deref()
+            .and_then(|name| self.engine.regions().iter().position(|r| r.name() == name));
+        match self.intake.unpark(region_id, only.repository.as_deref()) {
             Ok(0) => {}
             Ok(n) => tracing::info!(items = n, "reconcile: retrying parked items"),
             Err(e) => tracing::warn!("reconcile: waking parked items failed: {e:#}"),
@@ -97,12 +190,23 @@ impl BackgroundTask for Reconcile {
         let regions = self.engine.regions().len();
         let store = self.engine.store();
         let (tx, mut rx) = mpsc::channel(64);
-        let listing = self.engine.list_primary(tx);
+        let listing = self.engine.list_primary_in(only.repository.as_deref(), tx);
         let queueing = async {
             let mut queued = 0usize;
             let mut batch: Vec<Change> = Vec::new();
             while let Some(job) = rx.recv().await {
-                batch.extend(behind(store, regions, &job, now_unix_ms()));
+                let changes = behind(store, regions, &job, now_unix_ms())
+                    .into_iter()
+                    .filter_map(|mut c| {
+                        if let (Some(r), Some(behind)) = (region_id, c.regions.as_mut()) {
+                            behind.retain(|x| *x == r);
+                        }
+                        c.regions
+                            .as_ref()
+                            .is_none_or(|b| !b.is_empty())
+                            .then_some(c)
+                    });
+                batch.extend(changes);
                 if batch.len() >= BATCH {
                     queued += self.queue(&mut batch);
                 }
@@ -110,6 +214,7 @@ impl BackgroundTask for Reconcile {
             queued + self.queue(&mut batch)
         };
         let (listing, queued) = tokio::join!(listing, queueing);
+        let (only_in_region, deletes_queued) = self.left_in_regions(only).await;
         if let Err(e) = self.intake.flush().await {
             tracing::warn!("reconcile: flushing the store failed: {e:#}");
         }
@@ -144,6 +249,8 @@ impl BackgroundTask for Reconcile {
             report: ReconcileReport {
                 tags: listing.tags,
                 queued,
+                only_in_region,
+                deletes_queued,
             },
             error,
         }
@@ -153,7 +260,6 @@ impl BackgroundTask for Reconcile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
 
     #[test]
     fn a_tag_is_queued_for_the_regions_that_lack_it_at_that_digest() {

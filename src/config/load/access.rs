@@ -376,6 +376,7 @@ impl Validator<'_> {
             }
             (Some(var), None) => match (self.env)(&var.value) {
                 Some(p) => Some(Secret::new(p)),
+                None if !self.secrets_required => None,
                 None => {
                     self.issue(
                         var.referenced,
@@ -388,6 +389,7 @@ impl Validator<'_> {
                 let p = self.absolute(&file.value);
                 match std::fs::read_to_string(&p) {
                     Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']))),
+                    Err(_) if !self.secrets_required => None,
                     Err(e) => {
                         self.issue(
                             file.referenced,

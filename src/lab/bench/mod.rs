@@ -221,13 +221,24 @@ impl LocalSetup {
         extra_yaml: &str,
         primary: crate::lab::localreg::LocalOptions,
     ) -> anyhow::Result<LocalSetup> {
-        use crate::lab::localreg::{LocalOptions, LocalRegistry};
+        let mut free = crate::lab::localreg::Ports::default();
+        Self::start_on(dir, regions, extra_yaml, primary, &mut free).await
+    }
+
+    /// As [`LocalSetup::start_with`], the replicas on ports from `ports`.
+    pub async fn start_on(
+        dir: &std::path::Path,
+        regions: usize,
+        extra_yaml: &str,
+        primary: crate::lab::localreg::LocalOptions,
+        ports: &mut crate::lab::localreg::Ports,
+    ) -> anyhow::Result<LocalSetup> {
+        use crate::lab::localreg::LocalRegistry;
         let primary = LocalRegistry::start(&dir.join("primary"), primary).await?;
         let mut replicas = Vec::new();
         for i in 0..regions {
-            replicas.push(
-                LocalRegistry::start(&dir.join(format!("r{i}")), LocalOptions::default()).await?,
-            );
+            replicas
+                .push(LocalRegistry::start(&dir.join(format!("r{i}")), ports.options()?).await?);
         }
         let mut yaml = format!(
             "state_dir: ./state\nprimary:\n  name: primary\n  url: {}\nregions:\n",

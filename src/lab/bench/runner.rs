@@ -46,6 +46,8 @@ pub struct BenchOptions {
     pub config: Option<PathBuf>,
     /// Regions to start (local only).
     pub regions: usize,
+    /// The local registries' first port (`None`: free ports).
+    pub port_base: Option<u16>,
     /// Working directory (default: a temporary one, removed at the end).
     pub dir: Option<PathBuf>,
     /// Keep the working directory, and on an operator's registries the
@@ -217,7 +219,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 opts.regions,
                 dir.display()
             ));
-            Target::local(&dir.join("registries"), opts.regions).await?
+            Target::local(&dir.join("registries"), opts.regions, opts.port_base).await?
         }
     };
     if let Some(bad) = opts

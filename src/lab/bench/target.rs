@@ -41,8 +41,14 @@ pub struct Marks(Vec<usize>);
 
 impl Target {
     /// Starts a primary and `regions` replicas under `dir`.
-    pub async fn local(dir: &Path, regions: usize) -> anyhow::Result<Target> {
-        let setup = super::LocalSetup::start(dir, regions, "").await?;
+    pub async fn local(
+        dir: &Path,
+        regions: usize,
+        port_base: Option<u16>,
+    ) -> anyhow::Result<Target> {
+        let mut ports = crate::lab::localreg::Ports::from_base(port_base);
+        let setup =
+            super::LocalSetup::start_on(dir, regions, "", ports.options()?, &mut ports).await?;
         let config = crate::config::load(&setup.config)?;
         Ok(Target {
             config,
