@@ -214,9 +214,10 @@ pub struct StatusArgs {
   GEOREP_CONFIG=/etc/georep/georep.yaml georep check-config
 
 Every mistake is reported with file:line:column, all at once; a valid config
-is printed as it was understood (sizes in bytes, intervals, policies). Exit
-status: 0 valid (and with --connect every registry usable), 1 valid but a
-registry has a problem (--connect), 2 invalid.")]
+is printed as it was understood (sizes in bytes, intervals, policies).
+
+Exit status: 0 valid (and with --connect every registry usable), 1 valid but
+a registry has a problem (--connect), 2 invalid.")]
 pub struct CheckConfigArgs {
     /// The config file (YAML).
     #[arg(long, short, env = "GEOREP_CONFIG")]

@@ -87,6 +87,12 @@ async fn docker_config_auths_helpers_and_store_without_leaking() {
         text.contains("401") || text.contains("Unauthorized"),
         "{text}"
     );
+    // Said once, about the registry, not once per tag.
+    assert!(
+        text.contains("refused the credentials of user")
+            && text.contains("(1 item(s) not replicated, e.g. team/app:1)"),
+        "{text}"
+    );
     // `check-config --connect` says it once, about the registry, in words.
     // (`Cluster::config` always writes the same file: the https one is
     // moved aside.)

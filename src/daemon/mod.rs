@@ -182,6 +182,7 @@ impl Daemon {
             metrics.clone(),
             doorbell,
             notifier.clone(),
+            health.clone(),
         ));
         if config.daemon.poll_interval.is_none() {
             tracing::info!(

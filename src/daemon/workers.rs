@@ -38,6 +38,7 @@ use crate::shutdown::Signal;
 use crate::store::queue::{Action, Origin, Queued, WorkItem};
 use crate::store::{RegionId, StoreError, now_unix_ms};
 use crate::watch::doorbell::Doorbell;
+use crate::watch::probe::HealthBook;
 
 /// Slots per region only fresh pushes may use (beyond
 /// `max_concurrent_images`).
@@ -111,6 +112,9 @@ pub struct Workers {
     metrics: Arc<Metrics>,
     doorbell: Arc<Doorbell>,
     notifier: Arc<Notifier>,
+    /// Each registry's health (the probe's): a region with a problem as a
+    /// whole has it said once there, not once per item here.
+    health: Arc<HealthBook>,
     in_flight: Arc<InFlight>,
     /// Held while an item is finished and the other regions are checked.
     completion: Mutex<()>,
@@ -125,6 +129,7 @@ impl Workers {
         metrics: Arc<Metrics>,
         doorbell: Arc<Doorbell>,
         notifier: Arc<Notifier>,
+        health: Arc<HealthBook>,
     ) -> Workers {
         let regions = config.regions.len();
         Workers {
@@ -133,6 +138,7 @@ impl Workers {
             metrics,
             doorbell,
             notifier,
+            health,
             in_flight: Arc::default(),
             completion: Mutex::new(()),
             gates: (0..regions).map(|_| Mutex::default()).collect(),
@@ -274,12 +280,9 @@ fn dispatch(w: &Arc<Workers>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) 
     tracing::trace!(groups = groups.len(), ?next_due, "dispatch round");
     for (key, members) in groups {
         let w = w.clone();
-        let span = tracing::info_span!(
-            "item",
-            repository = %key.repository,
-            reference = %key.reference,
-            regions = members.len()
-        );
+        // The image is named by each message about it (`replicated
+        // team/app:v1`): the span adds only what they do not say.
+        let span = tracing::info_span!("item", regions = members.len());
         tasks.spawn(
             async move {
                 run_group(&w, &key, members).await;
@@ -619,7 +622,16 @@ fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
                     ..notification(w, NotifyEvent::Failed, q, Some(r))
                 });
             }
-            if park {
+            // The region's own problem (credentials, TLS) is logged once by
+            // the probe; each item failing for it is detail.
+            let region_problem = w
+                .health
+                .get()
+                .get(r + 1)
+                .is_some_and(|h| h.problem.is_some());
+            if region_problem {
+                tracing::debug!(%region, attempts, parked = park, "{what} failed: {cause}");
+            } else if park {
                 tracing::warn!(%region, attempts, "parked {what} until the next reconcile: {cause}");
             } else {
                 tracing::info!(%region, attempts, retry_in_ms = delay.as_millis() as u64, "{what} failed, will retry: {cause}");

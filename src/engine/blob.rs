@@ -38,7 +38,12 @@ impl Engine {
         desc: Descriptor,
         regions: &[RegionId],
     ) -> RegionResults {
-        let span = tracing::debug_span!("blob", digest = %desc.digest.short(), size = desc.size);
+        let span = tracing::debug_span!(
+            "blob",
+            repository = %repo,
+            digest = %desc.digest.short(),
+            size = desc.size
+        );
         self.ensure_blob_inner(pass, repo, &desc, regions)
             .instrument(span)
             .await

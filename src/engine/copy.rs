@@ -49,11 +49,7 @@ impl Engine {
         job: &ImageJob,
         regions: &[RegionId],
     ) -> Vec<TagOutcome> {
-        let span = tracing::info_span!(
-            "image",
-            repository = %job.repository,
-            digest = %job.digest.short()
-        );
+        let span = tracing::info_span!("image", digest = %job.digest.short());
         let classes = self.speed_classes(regions);
         let copies = classes.iter().map(|c| self.copy_image_inner(pass, job, c));
         join_all(copies)
@@ -73,7 +69,7 @@ impl Engine {
         digest: &Digest,
         regions: &[RegionId],
     ) -> RegionResults {
-        let span = tracing::info_span!("manifest", repository = %repo, digest = %digest.short());
+        let span = tracing::info_span!("manifest", digest = %digest.short());
         async {
             let root = match self.primary_manifest(repo, digest).await {
                 Ok(Some(m)) => m,

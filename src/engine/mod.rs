@@ -61,6 +61,8 @@ fn region_names(config: &Config) -> Vec<(String, String)> {
 }
 
 /// Tags listed one by one in a report; beyond, they are only counted.
+/// How long a failing registry's `GET /v2/` may take at the end of a pass.
+const REGISTRY_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const MAX_TAG_DETAILS: usize = 1000;
 
 /// Image jobs listed but not yet started, at most.
@@ -324,6 +326,7 @@ impl Engine {
         };
         let (listing, ()) = tokio::join!(listing, copying);
         failures.extend(listing.failures);
+        let mut failures = self.one_cause_per_registry(failures).await;
 
         // Each region's pass: a success, or its first error. Failing to read
         // the primary is every region's error.
@@ -442,6 +445,45 @@ impl Engine {
             peak_rss_bytes: crate::resources::peak_rss_bytes(),
             cpu_secs: crate::resources::cpu_secs(),
         }
+    }
+
+    /// A registry with a problem as a whole (credentials refused, TLS,
+    /// unreachable: its `GET /v2/` says so) fails every item the same way;
+    /// its failures are said once, as that problem, rather than once per
+    /// tag. Registries that answer `GET /v2/` keep their per-item lines.
+    async fn one_cause_per_registry(&self, failures: Vec<Failure>) -> Vec<Failure> {
+        let mut rest = failures;
+        let mut out = Vec::new();
+        for reg in std::iter::once(&self.primary).chain(self.regions.iter()) {
+            if !rest.iter().any(|f| f.region == reg.name()) {
+                continue;
+            }
+            let problem = match tokio::time::timeout(REGISTRY_CHECK_WAIT, reg.check()).await {
+                Ok(Err(problem)) => problem,
+                Ok(Ok(())) | Err(_) => continue,
+            };
+            let (mine, others): (Vec<Failure>, Vec<Failure>) =
+                rest.into_iter().partition(|f| f.region == reg.name());
+            rest = others;
+            let example = mine.iter().find_map(|f| match (&f.repository, &f.tag) {
+                (Some(r), Some(t)) => Some(format!(", e.g. {r}:{t}")),
+                (Some(r), None) => Some(format!(", e.g. {r}")),
+                _ => None,
+            });
+            out.push(Failure {
+                region: reg.name().to_owned(),
+                repository: None,
+                tag: None,
+                digest: None,
+                cause: format!(
+                    "{problem} ({} item(s) not replicated{})",
+                    mine.len(),
+                    example.unwrap_or_default()
+                ),
+            });
+        }
+        out.extend(rest);
+        out
     }
 
     /// What region `r` held of `repository` when this pass first asked.
