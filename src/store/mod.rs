@@ -236,6 +236,8 @@ pub struct Store {
     events: sled::Tree,
     latest: sled::Tree,
     outbox: sled::Tree,
+    /// Entries in `outbox` (sled's `len` walks the tree).
+    outbox_len: std::sync::atomic::AtomicUsize,
     regions: Vec<RegionTrees>,
 }
 
@@ -323,6 +325,7 @@ impl Store {
             },
         }
         let primary = db.open_tree("primary").map_err(io)?;
+        let outbox = db.open_tree("outbox").map_err(io)?;
         let statuses = db.open_tree("regions").map_err(io)?;
         let mut trees = Vec::new();
         for (name, url) in regions {
@@ -376,7 +379,8 @@ impl Store {
             path: path.to_owned(),
             events: db.open_tree("events").map_err(io)?,
             latest: db.open_tree("latest").map_err(io)?,
-            outbox: db.open_tree("outbox").map_err(io)?,
+            outbox_len: std::sync::atomic::AtomicUsize::new(outbox.len()),
+            outbox,
             db,
             primary,
             statuses,

@@ -9,6 +9,8 @@
 //! when queued. The tree is bounded: past its limit the oldest entries are
 //! dropped, and the caller is told whose they were so it can count them.
 
+use std::sync::atomic::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, decode, encode};
@@ -40,10 +42,14 @@ impl Store {
         self.outbox
             .insert(id.to_be_bytes(), encode(p))
             .map_err(|e| self.io(e))?;
+        self.outbox_len.fetch_add(1, Ordering::SeqCst);
         let mut dropped = Vec::new();
-        while self.outbox.len() > limit {
+        while self.outbox_len.load(Ordering::SeqCst) > limit {
             match self.outbox.pop_min().map_err(|e| self.io(e))? {
-                Some((_, v)) => dropped.extend(decode::<Pending>(&v)),
+                Some((_, v)) => {
+                    self.outbox_len.fetch_sub(1, Ordering::SeqCst);
+                    dropped.extend(decode::<Pending>(&v));
+                }
                 None => break,
             }
         }
@@ -75,10 +81,15 @@ impl Store {
 
     /// Entry `id` is done with (delivered, or given up on).
     pub fn outbox_remove(&self, id: u64) -> Result<(), StoreError> {
-        self.outbox
+        if self
+            .outbox
             .remove(id.to_be_bytes())
-            .map(|_| ())
-            .map_err(|e| self.io(e))
+            .map_err(|e| self.io(e))?
+            .is_some()
+        {
+            self.outbox_len.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Entry `id` is tried again later, as `p` says.
