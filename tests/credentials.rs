@@ -170,4 +170,24 @@ async fn docker_config_auths_helpers_and_store_without_leaking() {
     let (code, text) = run(&["check-config", "--config", config], &docker, &path).await;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("is not a Docker config"), "{text}");
+
+    // `georep status` needs no registry password: the region's password
+    // variable unset, it still answers, in sync, with no credential problem
+    // made up from the password it was not given.
+    let with_env = cluster.config(&cluster.primary.url(), &cluster.replica_urls(), "");
+    let text = std::fs::read_to_string(&with_env).unwrap().replace(
+        &format!("url: {}\n", cluster.replicas[0].url()),
+        &format!(
+            "url: {}\n    credentials:\n      username: georep\n      password_env: GEOREP_TEST_UNSET_PW\n",
+            cluster.replicas[0].url()
+        ),
+    );
+    std::fs::write(&with_env, text).unwrap();
+    let with_env = with_env.to_str().unwrap();
+    let (code, text) = run(&["status", "--config", with_env], &docker, &path).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("credentials"), "{text}");
+    let (code, text) = run(&["check-config", "--config", with_env], &docker, &path).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("GEOREP_TEST_UNSET_PW is not set"), "{text}");
 }

@@ -878,6 +878,70 @@ async fn deletes_propagate_within_the_cap_or_only_log_in_dry_run() {
     );
 }
 
+/// An item parked for a permanent cause is announced once, as `failed`,
+/// with its reason; parked again after a retry, it is no news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_item_is_announced_once_as_failed() {
+    let (listener, port) = bound();
+    let cluster = Cluster::start(1).await;
+    push_corpus(&cluster.primary.url(), &quick_spec(45)).await;
+    let proxy = common::proxy::Proxy::start(
+        &cluster.primary.url(),
+        common::proxy::Faults {
+            schema1_tag: Some(("library/base".into(), "v2".into())),
+            ..common::proxy::Faults::default()
+        },
+    )
+    .await;
+    let (hook, received) = notification_sink().await;
+    let config = cluster.config(
+        &proxy.url,
+        &cluster.replica_urls(),
+        &daemon_yaml(
+            port,
+            &format!("poll_interval_secs: 3600\nnotify:\n  - url: {hook}\n    events: [failed]\n"),
+        ),
+    );
+    let daemon = DaemonProc::in_process(&config, listener, &[]).await;
+    let failed = || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n["event"] == "failed")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    wait_for("the failed event", Duration::from_secs(30), async || {
+        !failed().is_empty()
+    })
+    .await;
+    let n = &failed()[0];
+    assert_eq!(
+        (&n["repository"], &n["tag"], &n["region"]),
+        (
+            &serde_json::json!("library/base"),
+            &serde_json::json!("v2"),
+            &serde_json::json!("eastus")
+        ),
+        "{n:#}"
+    );
+    assert!(n["reason"].as_str().unwrap().contains("schema1"), "{n:#}");
+    // Retried (an operator's reconcile) and parked again: no second event.
+    let cfg = config.to_str().unwrap();
+    let out = georep(&["retry", "--config", cfg], &[]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("retrying 1 parked item(s)"),
+        "{out:?}"
+    );
+    wait_for("parked again", Duration::from_secs(30), async || {
+        daemon.status().await["regions"][0]["parked_count"] == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(failed().len(), 1, "{:#?}", failed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_keep_their_scope_and_format_and_survive_a_restart() {
     let (listener, port) = bound();

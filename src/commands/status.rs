@@ -13,7 +13,7 @@ use crate::cli::StatusArgs;
 use crate::commands::ExitStatus;
 use crate::config::{self, Config};
 use crate::engine::Engine;
-use crate::registry::check::Health;
+use crate::registry::check::{Health, ProblemKind};
 use crate::status::{Detail, Live, StatusView, all_in_sync, render};
 use crate::store::now_unix;
 
@@ -99,9 +99,20 @@ async fn from_store(config: &Config, store: std::sync::Arc<crate::store::Store>)
     )
     .await;
     let now = now_unix();
+    let withheld = std::iter::once(&config.primary)
+        .chain(&config.regions)
+        .map(|r| r.credentials_withheld);
     let health: Vec<Health> = checks
         .into_iter()
-        .map(|c| match c {
+        .zip(withheld)
+        .map(|(c, withheld)| match c {
+            // Its credentials were not loaded here (no registry password is
+            // needed for a status): it answered, and that is what is known.
+            Ok(Err(p)) if withheld && p.kind == ProblemKind::Credentials => Health {
+                reachable: Some(true),
+                checked_at: Some(crate::store::format_unix(now)),
+                ..Health::default()
+            },
             Ok(result) => crate::watch::probe::health_of(result, None, now),
             Err(_) => Health::default(),
         })

@@ -269,6 +269,9 @@ pub struct RegistryConfig {
     /// Base URL of the registry, without a trailing `/` and without userinfo.
     pub url: url::Url,
     pub credentials: Option<Credentials>,
+    /// The file configures credentials whose secret this command did not
+    /// load (`load_without_secrets`): a refusal is not news.
+    pub credentials_withheld: bool,
     /// The credential helper `credentials` came from, to ask again.
     pub credential_helper: Option<CredentialHelper>,
     pub max_concurrent_requests: usize,
@@ -324,6 +327,7 @@ impl RegistryConfig {
             name: name.to_owned(),
             url: base_url(url::Url::parse(url)?),
             credentials: None,
+            credentials_withheld: false,
             credential_helper: None,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_requests_per_sec: None,

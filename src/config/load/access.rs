@@ -101,10 +101,13 @@ impl Validator<'_> {
                 return None;
             }
         };
+        // Configured, but its secret not loaded (`load_without_secrets`).
+        let credentials_withheld = r.credentials.is_some() && credentials.is_none();
         Some(RegistryConfig {
             name: name.to_owned(),
             url,
             credentials,
+            credentials_withheld,
             credential_helper,
             max_concurrent_requests,
             max_requests_per_sec,
