@@ -100,9 +100,9 @@ impl Reconcile {
     /// Per region, the tags it holds that the primary deleted (as the
     /// listing just found), and the deletes queued for them: a manifest the
     /// primary no longer serves is deleted by digest, a tag whose manifest
-    /// it still serves (a registry that deletes tags alone) by tag. One
-    /// `HEAD` on the primary per such manifest, only when deletes
-    /// propagate.
+    /// it still serves (a registry that deletes tags alone) by tag. Only
+    /// when deletes propagate, one `HEAD` on the primary per such tag (is it
+    /// really gone?) and per manifest.
     async fn left_in_regions(&self, scope: &Only) -> (BTreeMap<String, usize>, usize) {
         let store = self.engine.store();
         let primary = self.engine.primary();
@@ -129,6 +129,38 @@ impl Reconcile {
             if !self.intake.propagates_deletes() {
                 continue;
             }
+            // Nothing is deleted on a tombstone alone: the primary is asked
+            // for the tag first. A tag pushed while the listing ran can be
+            // tombstoned by it; the primary serving it means it is live
+            // (and the store is put right), and it is left alone.
+            let mut confirmed = Vec::with_capacity(only.len());
+            for o in only {
+                let scope = Scope::pull(&o.repository);
+                match primary.head_manifest(&o.repository, &o.tag, &scope).await {
+                    Ok(None) => confirmed.push(o),
+                    Ok(Some(h)) => {
+                        tracing::debug!(repository = %o.repository, tag = %o.tag, "on the primary after all: not deleted");
+                        if let Err(e) = store.record_primary_tag(
+                            &o.repository,
+                            &o.tag,
+                            &h.digest,
+                            h.media_type.as_deref(),
+                        ) {
+                            tracing::warn!(
+                                "reconcile: recording {}:{} failed: {e:#}",
+                                o.repository,
+                                o.tag
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        "reconcile: asking the primary for {}:{} failed; its delete waits: {e:#}",
+                        o.repository,
+                        o.tag
+                    ),
+                }
+            }
+            let only = confirmed;
             for o in &only {
                 let key = (o.repository.clone(), o.digest.clone());
                 if on_primary.contains_key(&key) {
