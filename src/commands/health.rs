@@ -12,7 +12,7 @@ pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitStatus> {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
         (None, Some(path)) => {
             let config = crate::config::load_without_secrets(path)?;
-            format!("http://{}", local_address(&config.daemon.listen))
+            super::status::daemon_base(&config)
         }
         (None, None) => anyhow::bail!("give --config or --url"),
     };
@@ -39,7 +39,7 @@ pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitStatus> {
 
 /// Where to reach a daemon listening on `listen`: a wildcard address
 /// (`0.0.0.0`, `[::]`) is reached on loopback.
-fn local_address(listen: &str) -> String {
+pub(crate) fn local_address(listen: &str) -> String {
     if let Some(port) = listen.strip_prefix("0.0.0.0:") {
         format!("127.0.0.1:{port}")
     } else if let Some(port) = listen.strip_prefix("[::]:") {

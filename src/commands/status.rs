@@ -20,29 +20,13 @@ use crate::store::now_unix;
 /// How long `georep status` waits for the registries' answers.
 const CHECK_WAIT: Duration = Duration::from_secs(10);
 
-/// The daemon's address on this machine, from its `listen`: a wildcard
-/// address (`0.0.0.0`, `[::]`) is reached on loopback.
-pub fn daemon_base(config: &Config) -> anyhow::Result<String> {
-    let listen: std::net::SocketAddr = config.daemon.listen.parse().with_context(|| {
-        format!(
-            "{}: listen {:?} is not an address",
-            config.path.display(),
-            config.daemon.listen
-        )
-    })?;
-    let host = if listen.ip().is_unspecified() {
-        match listen {
-            std::net::SocketAddr::V4(_) => {
-                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
-            }
-            std::net::SocketAddr::V6(_) => {
-                std::net::SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), listen.port())
-            }
-        }
-    } else {
-        listen
-    };
-    Ok(format!("http://{host}"))
+/// The daemon's base URL on this machine, from its `listen` (checked by
+/// the loader): a wildcard address is reached on loopback.
+pub fn daemon_base(config: &Config) -> String {
+    format!(
+        "http://{}",
+        super::health::local_address(&config.daemon.listen)
+    )
 }
 
 /// A request to the daemon's API with its credentials (`api.auth`).
@@ -68,7 +52,7 @@ async fn from_daemon(
     config: &Config,
     busy: crate::store::StoreError,
 ) -> anyhow::Result<StatusView> {
-    let url = format!("{}/v1/status", daemon_base(config)?);
+    let url = format!("{}/v1/status", daemon_base(config));
     let resp = daemon_request(config, reqwest::Method::GET, &url)?
         .send()
         .await

@@ -15,7 +15,7 @@ async fn ask<T: serde::de::DeserializeOwned>(
 ) -> anyhow::Result<(T, String)> {
     let config = crate::config::load_without_secrets(&args.config)?;
     let timeout = super::wait::parse_duration("--timeout", &args.timeout)?;
-    let mut url = url::Url::parse(&format!("{}{path}", daemon_base(&config)?))
+    let mut url = url::Url::parse(&format!("{}{path}", daemon_base(&config)))
         .context("the daemon's address")?;
     {
         let mut q = url.query_pairs_mut();

@@ -17,8 +17,7 @@ use access::url_identity;
 
 use super::{
     Concurrency, Config, DEFAULT_MAX_ATTEMPTS, DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig,
-    DeletePolicy, NotifyEvent, NotifyFormat, NotifyScope, NotifyTarget, RepositoryFilter, Secret,
-    Timeouts,
+    DeletePolicy, NotifyEvent, NotifyFormat, NotifyScope, NotifyTarget, RepositoryFilter, Timeouts,
 };
 
 /// Why a config could not be loaded.
@@ -513,20 +512,15 @@ impl Validator<'_> {
             }
         };
         let scope = self.notify_scope(&n.scope);
-        let bearer_token =
-            n.bearer_token_env
-                .as_ref()
-                .and_then(|var| match (self.env)(&var.value) {
-                    Some(t) => Some(Secret::new(t)),
-                    None if !self.secrets_required => None,
-                    None => {
-                        self.issue(
-                            var.referenced,
-                            format!("environment variable {} is not set", var.value),
-                        );
-                        None
-                    }
-                });
+        let bearer_token = n.bearer_token_env.as_ref().and_then(|var| {
+            self.secret(
+                &n.bearer_token_env,
+                &None,
+                var.referenced,
+                "a notify target's token",
+                "bearer_token",
+            )
+        });
         let timeout = Duration::from_secs(self.positive(
             &n.timeout_secs,
             "timeout_secs",

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use body::{Notification, render};
 pub use deliver::{Delivery, post};
 
-use crate::config::{Config, NotifyEvent, NotifyTarget};
+use crate::config::{Config, NotifyTarget};
 use crate::lock::Locked;
 use crate::store::outbox::Pending;
 use crate::store::{Store, format_unix_ms, now_unix_ms};
@@ -66,23 +66,16 @@ pub struct Notifier {
     store: Arc<Store>,
     /// Rung when something was queued.
     wake: tokio::sync::Notify,
-    /// Outbox size limit (a parameter for the tests).
-    limit: usize,
 }
 
 impl Notifier {
     pub fn new(config: &Config, store: Arc<Store>) -> Notifier {
-        Notifier::with_limit(config, store, OUTBOX_LIMIT)
-    }
-
-    pub fn with_limit(config: &Config, store: Arc<Store>, limit: usize) -> Notifier {
         let targets = config.daemon.notify.clone();
         Notifier {
             counts: targets.iter().map(|_| Counts::default()).collect(),
             targets,
             store,
             wake: tokio::sync::Notify::new(),
-            limit,
         }
     }
 
@@ -106,7 +99,7 @@ impl Notifier {
                 not_before_ms: 0,
                 queued_ms: now_unix_ms(),
             };
-            match self.store.outbox_push(&pending, self.limit) {
+            match self.store.outbox_push(&pending, OUTBOX_LIMIT) {
                 Ok(dropped) => {
                     queued = true;
                     for d in dropped {
@@ -127,7 +120,7 @@ impl Notifier {
     fn dropped(&self, p: &Pending) {
         tracing::warn!(
             target = %p.target,
-            limit = self.limit,
+            limit = OUTBOX_LIMIT,
             "notification outbox full: dropped the oldest ({})",
             p.event
         );
@@ -176,11 +169,6 @@ impl Notifier {
     pub fn spawn(self: &Arc<Self>, stop: crate::shutdown::Signal) -> tokio::task::JoinHandle<()> {
         let notifier = self.clone();
         tokio::spawn(deliver::run(notifier, stop))
-    }
-
-    /// Whether any target wants events of this kind at all.
-    pub fn wants_any(&self, event: NotifyEvent) -> bool {
-        self.targets.iter().any(|t| t.events.contains(&event))
     }
 }
 

@@ -373,11 +373,6 @@ impl Store {
         Ok(swapped.is_ok())
     }
 
-    /// Makes every parked item of every region ready again.
-    pub fn unpark_all(&self) -> Result<usize, StoreError> {
-        self.make_ready(|_, q| q.item.parked, 0)
-    }
-
     /// Makes the parked items of region `region` (or every region) and of
     /// `repository` (or every repository) ready again, with a fresh count
     /// of attempts: an operator's retry.
@@ -611,7 +606,7 @@ mod tests {
             ..read.item.clone()
         };
         assert!(s.update_item(0, &read, &parked).unwrap());
-        assert_eq!(s.unpark_all().unwrap(), 1);
+        assert_eq!(s.unpark(None, None).unwrap(), 1);
         let q = s.queued(0, 10).remove(0);
         assert!(!q.item.parked);
         assert_eq!(q.item.attempts, 0);
@@ -677,7 +672,7 @@ mod tests {
             // A stale read changes nothing.
             assert!(!s.finish_item(1, &v1).unwrap());
             check(&s);
-            assert_eq!(s.unpark_all().unwrap(), 1);
+            assert_eq!(s.unpark(None, None).unwrap(), 1);
             check(&s);
             assert!(
                 s.update_item(0, &s.queued_item(0, "app", "v2").unwrap(), &parked)
