@@ -51,6 +51,7 @@ pub mod engine;
 pub mod http;
 pub mod lab;
 pub mod lock;
+pub mod merge;
 pub mod metrics;
 pub mod notify;
 pub mod progress;
