@@ -189,6 +189,12 @@ pub struct WaitArgs {
     /// Time between two checks.
     #[arg(long, default_value = "1s")]
     pub interval: String,
+    /// Wait for this digest (e.g. the one `docker push` printed). Without
+    /// it the digest is the primary's; in any-region mode, that of the
+    /// region the image's host names, or else whatever every region comes
+    /// to agree on.
+    #[arg(long)]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -69,15 +69,18 @@ pub enum EventResult {
     Stale,
     Ignored,
     Rejected,
+    /// georep's own write notified back (any-region mode).
+    Echo,
 }
 
 impl EventResult {
-    const ALL: [EventResult; 5] = [
+    const ALL: [EventResult; 6] = [
         EventResult::Queued,
         EventResult::Duplicate,
         EventResult::Stale,
         EventResult::Ignored,
         EventResult::Rejected,
+        EventResult::Echo,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -86,6 +89,7 @@ impl EventResult {
             EventResult::Stale => "stale",
             EventResult::Ignored => "ignored",
             EventResult::Rejected => "rejected",
+            EventResult::Echo => "echo",
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct Metrics {
     pub reconciles: AtomicU64,
     pub reconcile_failures: AtomicU64,
     pub audits: AtomicU64,
+    /// Any-region mode: tags pushed with different digests in two regions.
+    pub conflicts: AtomicU64,
     /// From the primary's event time to the last region done.
     pub complete_latency: Histogram,
 }
@@ -139,6 +145,7 @@ impl Metrics {
             reconciles: AtomicU64::new(0),
             reconcile_failures: AtomicU64::new(0),
             audits: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
             complete_latency: Histogram::default(),
         }
     }
@@ -359,7 +366,7 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges
             m.events(r)
         );
     }
-    let plain: [(&str, &str, &AtomicU64); 5] = [
+    let plain: [(&str, &str, &AtomicU64); 6] = [
         (
             "georep_webhook_unauthorized_total",
             "Webhook requests refused for missing or wrong credentials.",
@@ -384,6 +391,11 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges
             "georep_audits_total",
             "Audits of what the regions serve against what georep recorded.",
             &m.audits,
+        ),
+        (
+            "georep_conflicts_total",
+            "Any-region mode: tags changed to different digests in two regions before they agreed (each decided by time or conflicts.order).",
+            &m.conflicts,
         ),
     ];
     for (name, help, v) in plain {

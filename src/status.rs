@@ -13,6 +13,7 @@ use crate::background::TaskStatus;
 use crate::config::{Config, DeletePolicy};
 use crate::notify::TargetView;
 pub use crate::registry::check::Health;
+use crate::store::merge::ConflictRecord;
 use crate::store::{Store, format_unix, format_unix_ms, now_unix_ms};
 use crate::units::table;
 use crate::watch::audit::AuditReport;
@@ -20,6 +21,8 @@ use crate::watch::poller::ReconcileReport;
 
 /// Parked items listed per region in the status (all are counted).
 pub const MAX_PARKED_LISTED: usize = 100;
+/// Conflicts listed in the status (the store keeps more).
+pub const CONFLICTS_LISTED: usize = 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusView {
@@ -29,14 +32,24 @@ pub struct StatusView {
     /// When the view was made.
     pub at: String,
     pub state_store: String,
-    pub primary: RegistryView,
+    /// `one-way` or `any-region`.
+    #[serde(default)]
+    pub mode: String,
+    /// The primary; absent in any-region mode.
+    pub primary: Option<RegistryView>,
     pub regions: Vec<RegionStatusView>,
+    /// Any-region mode: the last conflicts, newest first.
+    #[serde(default)]
+    pub conflicts: Vec<ConflictRecord>,
     /// The daemon's last reconcile and audit; absent from the store.
     pub reconcile: Option<TaskStatus<ReconcileReport>>,
     pub audit: Option<TaskStatus<AuditReport>>,
     pub events_queued: u64,
     pub events_duplicate: u64,
     pub events_rejected: u64,
+    /// georep's own writes notified back (any-region mode).
+    #[serde(default)]
+    pub events_echo: u64,
     /// Outgoing notification targets: what waits and what was delivered.
     #[serde(default)]
     pub notify: Vec<TargetView>,
@@ -57,8 +70,12 @@ pub struct RegionStatusView {
     pub url: String,
     #[serde(flatten)]
     pub health: Health,
-    /// Live tags of the primary (after the repository filter); `None`
-    /// where tags were not counted (`/metrics`).
+    /// People push there (any-region mode).
+    #[serde(default)]
+    pub accepts_pushes: bool,
+    /// Live tags of the primary — in any-region mode, of the base: the
+    /// tags every region last agreed on — (after the repository filter);
+    /// `None` where tags were not counted (`/metrics`).
     pub tags_total: Option<usize>,
     /// Tags the region is recorded to serve at the primary's digest.
     pub tags_in_sync: Option<usize>,
@@ -108,7 +125,8 @@ pub struct Live {
     pub copied: Vec<crate::engine::CopyCounts>,
     pub reconcile: Option<TaskStatus<ReconcileReport>>,
     pub audit: Option<TaskStatus<AuditReport>>,
-    pub events: [u64; 3],
+    /// Events queued, duplicate, rejected, echoes.
+    pub events: [u64; 4],
     pub notify: Vec<TargetView>,
 }
 
@@ -131,11 +149,11 @@ pub fn build(
 ) -> StatusView {
     let now_ms = now_unix_ms();
     let mut health = health.into_iter();
-    let primary = RegistryView {
-        name: config.primary.name.clone(),
-        url: config.primary.display_url(),
+    let primary = config.primary().map(|p| RegistryView {
+        name: p.name.clone(),
+        url: p.display_url(),
         health: health.next().unwrap_or_default(),
-    };
+    });
     let mut regions: Vec<RegionStatusView> = config
         .regions
         .iter()
@@ -154,6 +172,7 @@ pub fn build(
                 name: reg.name.clone(),
                 url: reg.display_url(),
                 health: health.next().unwrap_or_default(),
+                accepts_pushes: reg.accepts_pushes,
                 queue_depth: (queue.len - queue.parked).saturating_sub(in_flight),
                 in_flight,
                 lag_items: queue.len,
@@ -197,13 +216,20 @@ pub fn build(
         .to_owned(),
         at: format_unix_ms(now_ms),
         state_store: store.path().display().to_string(),
+        mode: config.mode.as_str().to_owned(),
         primary,
         regions,
+        conflicts: if config.any_region() {
+            store.conflicts(CONFLICTS_LISTED)
+        } else {
+            Vec::new()
+        },
         reconcile: live.reconcile,
         audit: live.audit,
         events_queued: live.events[0],
         events_duplicate: live.events[1],
         events_rejected: live.events[2],
+        events_echo: live.events[3],
         notify: live.notify,
     }
 }
@@ -256,7 +282,9 @@ fn count_tags(config: &Config, store: &Store, regions: &mut [RegionStatusView], 
 /// and every region reachable (when checked), every listed tag in every
 /// region, nothing queued or parked, and no delete still due.
 pub fn all_in_sync(view: &StatusView, deletes: DeletePolicy) -> bool {
-    view.primary.health.reachable != Some(false)
+    view.primary
+        .as_ref()
+        .is_none_or(|p| p.health.reachable != Some(false))
         && view.regions.iter().all(|r| {
             r.health.reachable != Some(false)
                 && r.tags_in_sync == r.tags_total
@@ -268,13 +296,26 @@ pub fn all_in_sync(view: &StatusView, deletes: DeletePolicy) -> bool {
 /// The one table `georep status` prints, whoever answered.
 pub fn render(view: &StatusView) -> String {
     let mut out = String::new();
-    let p = &view.primary;
-    out.push_str(&format!(
-        "primary {} ({}): {}\n",
-        p.name,
-        p.url,
-        health_text(&p.health)
-    ));
+    match &view.primary {
+        Some(p) => out.push_str(&format!(
+            "primary {} ({}): {}\n",
+            p.name,
+            p.url,
+            health_text(&p.health)
+        )),
+        None => {
+            let writable: Vec<String> = view
+                .regions
+                .iter()
+                .filter(|r| r.accepts_pushes)
+                .map(|r| one_line(&r.name, 40))
+                .collect();
+            out.push_str(&format!(
+                "any-region mode: pushes accepted in {}; IN SYNC counts the tags every region last agreed on\n",
+                writable.join(", ")
+            ));
+        }
+    }
     let mut rows = vec![
         [
             "REGION",
@@ -353,6 +394,29 @@ pub fn render(view: &StatusView) -> String {
                 r.parked_count - 5
             ));
         }
+    }
+    for c in view.conflicts.iter().take(5) {
+        let push = |p: &crate::store::merge::PushRecord| {
+            format!(
+                "{} {} at {}",
+                one_line(&p.region, 40),
+                p.digest.short(),
+                p.at.as_deref().unwrap_or("?")
+            )
+        };
+        let losers: Vec<String> = c.losers.iter().map(push).collect();
+        out.push_str(&format!(
+            "conflict {}:{} ({}): {} won by {} over {}\n",
+            one_line(&c.repository, 200),
+            one_line(&c.tag, 128),
+            c.decided_at,
+            push(&c.winner),
+            match c.decided_by {
+                crate::merge::DecidedBy::Time => "time",
+                crate::merge::DecidedBy::Order => "conflicts.order",
+            },
+            losers.join(", ")
+        ));
     }
     for t in &view.notify {
         if t.pending > 0 || t.failed > 0 || t.dropped > 0 {
@@ -460,20 +524,23 @@ mod tests {
             source: "store".into(),
             at: "2026-12-03T10:00:00.000Z".into(),
             state_store: "/s".into(),
-            primary: RegistryView {
+            mode: "one-way".into(),
+            primary: Some(RegistryView {
                 name: "p".into(),
                 url: "http://p".into(),
                 health: Health {
                     reachable: Some(true),
                     ..Health::default()
                 },
-            },
+            }),
             regions,
+            conflicts: Vec::new(),
             reconcile: None,
             audit: None,
             events_queued: 0,
             events_duplicate: 0,
             events_rejected: 0,
+            events_echo: 0,
             notify: Vec::new(),
         }
     }
@@ -483,7 +550,7 @@ mod tests {
         let ok = view(vec![region("a")]);
         assert!(all_in_sync(&ok, DeletePolicy::Propagate));
         let mut down = ok.clone();
-        down.primary.health.reachable = Some(false);
+        down.primary.as_mut().expect("a primary").health.reachable = Some(false);
         assert!(!all_in_sync(&down, DeletePolicy::Ignore), "primary down");
         let mut extra = ok.clone();
         extra.regions[0].tags_only_in_region = Some(1);

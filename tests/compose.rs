@@ -130,7 +130,7 @@ fn compose_file_agrees_with_its_configs_and_the_dockerfile() {
     let config = georep::config::load(&root().join(config_file)).expect("compose config loads");
     let host_port = |u: &url::Url| (u.host_str().unwrap().to_owned(), u.port().unwrap());
     assert_eq!(
-        host_port(&config.primary.url),
+        host_port(&config.primary().expect("a primary").url),
         ("primary".to_owned(), registry_ports["primary"])
     );
     let regions: Vec<(String, u16)> = config.regions.iter().map(|r| host_port(&r.url)).collect();

@@ -123,3 +123,31 @@ fn missing_file_and_bad_usage_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn check_config_explains_the_any_region_mode_and_its_mistakes() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/any-region.yaml"),
+    )
+    .unwrap();
+    let (code, stdout, _) = check_config(&text);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("ok — any-region mode, 4 regions"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("region (read-only)"), "{stdout}");
+    assert!(stdout.contains("/v1/notifications/<region>"), "{stdout}");
+
+    let mixed = "state_dir: s\nmode: any-region\nprimary:\n  name: home\n  url: http://127.0.0.1:5000\nregions:\n  - name: us\n    url: http://127.0.0.1:5001\n    accepts_pushes: true\n  - name: eu\n    url: http://127.0.0.1:5002\nconflicts:\n  order: [us, eu, mars]\n";
+    let (code, _, stderr) = check_config(mixed);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:4:9: any-region mode has no primary"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:13:19: conflicts.order names \"mars\""),
+        "{stderr}"
+    );
+}

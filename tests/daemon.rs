@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{DaemonProc, EVENTS, bound, metric, push_event, rebind};
+use common::daemon::{
+    DaemonProc, EVENTS, bound, metric, notification_sink, notification_sink_on, push_event, rebind,
+};
 use common::*;
 use georep::lab::corpus::{Corpus, push_image};
 use georep::lab::localreg::free_port;
@@ -23,35 +24,6 @@ async fn region_has(url: &str, repo: &str, tag: &str, digest: &georep::digest::D
         client(url).head_manifest(repo, tag, &Scope::pull(repo)).await,
         Ok(Some(h)) if h.digest == *digest
     )
-}
-
-/// Outgoing notifications received by a test endpoint.
-async fn notification_sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    notification_sink_on(l)
-}
-
-/// A notification sink on `l`.
-fn notification_sink_on(
-    l: tokio::net::TcpListener,
-) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post({
-            let got = got.clone();
-            move |axum::Json(v): axum::Json<serde_json::Value>| {
-                let got = got.clone();
-                async move {
-                    got.lock().unwrap().push(v);
-                    "ok"
-                }
-            }
-        }),
-    );
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    (url, got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

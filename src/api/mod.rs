@@ -46,10 +46,13 @@ pub struct ApiState {
     intake: Arc<Intake>,
     metrics: Arc<Metrics>,
     status: StatusFn,
-    /// Readiness: the store is usable and the primary answers.
+    /// Readiness: the store is usable and the primary (if any) answers.
     store: Arc<Store>,
-    primary: Arc<Registry>,
+    primary: Option<Arc<Registry>>,
     webhook_auth: Option<HttpAuth>,
+    /// Any-region mode: each region's door (`/v1/notifications/<name>`);
+    /// empty in one-way mode.
+    doors: Vec<Door>,
     api_auth: Option<HttpAuth>,
     webhook_max_body_bytes: usize,
     /// The daemon's controls (`POST /v1/reconcile`, …).
@@ -58,14 +61,44 @@ pub struct ApiState {
     primary_probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
+/// Where one region's notifications come in (any-region mode).
+pub struct Door {
+    pub name: String,
+    /// People push there: its events are changes. Events of a region that
+    /// accepts no pushes are refused.
+    pub writable: bool,
+    /// Its own webhook credentials, else `webhook.auth`.
+    pub auth: Option<HttpAuth>,
+}
+
+impl Door {
+    /// Every region's door, in any-region mode; none in one-way mode.
+    pub fn all(config: &crate::config::Config) -> Vec<Door> {
+        if !config.any_region() {
+            return Vec::new();
+        }
+        config
+            .regions
+            .iter()
+            .map(|r| Door {
+                name: r.name.clone(),
+                writable: r.accepts_pushes,
+                auth: r.webhook_auth.clone(),
+            })
+            .collect()
+    }
+}
+
 impl ApiState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &DaemonConfig,
         intake: Arc<Intake>,
         metrics: Arc<Metrics>,
         status: StatusFn,
         store: Arc<Store>,
-        primary: Arc<Registry>,
+        primary: Option<Arc<Registry>>,
+        doors: Vec<Door>,
         steer: Arc<dyn steer::Steer>,
     ) -> ApiState {
         ApiState {
@@ -75,6 +108,7 @@ impl ApiState {
             status,
             store,
             primary,
+            doors,
             webhook_auth: config.webhook_auth.clone(),
             api_auth: config.api_auth.clone(),
             webhook_max_body_bytes: config.webhook_max_body_bytes,
@@ -96,6 +130,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ));
     Router::new()
         .route("/v1/notifications", post(notifications))
+        .route("/v1/notifications/{region}", post(region_notifications))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(guarded)
@@ -154,12 +189,74 @@ fn authorized(auth: &HttpAuth, given: Option<&HeaderValue>) -> bool {
         == 0
 }
 
+/// The primary's notifications (one-way mode).
 async fn notifications(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(auth) = &state.webhook_auth
+    if !state.doors.is_empty() {
+        let names: Vec<&str> = state.doors.iter().map(|d| d.name.as_str()).collect();
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "any-region mode: each region posts its notifications to /v1/notifications/<region> (one of: {}), so georep knows where a push was made",
+                names.join(", ")
+            ),
+        );
+    }
+    let auth = state.webhook_auth.clone();
+    receive(&state, None, auth.as_ref(), "`webhook.auth`", headers, body).await
+}
+
+/// One region's notifications (any-region mode): the path says which
+/// region, and only a region that accepts pushes is heard.
+async fn region_notifications(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Path(region): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if state.doors.is_empty() {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "one-way mode: only the primary notifies georep, at /v1/notifications (set `mode: any-region` to accept pushes in every region)",
+        );
+    }
+    let Some(r) = state.doors.iter().position(|d| d.name == region) else {
+        let names: Vec<&str> = state.doors.iter().map(|d| d.name.as_str()).collect();
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no region named {:?} (regions: {})",
+                region.chars().take(64).collect::<String>(),
+                names.join(", ")
+            ),
+        );
+    };
+    let door = &state.doors[r];
+    let (auth, what) = match &door.auth {
+        Some(a) => (
+            Some(a),
+            format!("the `webhook_auth` of region {}", door.name),
+        ),
+        None => (state.webhook_auth.as_ref(), "`webhook.auth`".to_owned()),
+    };
+    receive(&state, Some(r), auth, &what, headers, body).await
+}
+
+/// A notification body from region `region` (or the primary), checked
+/// against `auth` (named `auth_key` in messages) when given; a region that
+/// accepts no pushes is refused once its sender proved who it is.
+async fn receive(
+    state: &ApiState,
+    region: Option<usize>,
+    auth: Option<&HttpAuth>,
+    auth_key: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(auth) = auth
         && !authorized(auth, headers.get(header::AUTHORIZATION))
     {
         state
@@ -168,7 +265,18 @@ async fn notifications(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return refuse(
             auth,
-            "the georep webhook (see `webhook.auth` in the config)",
+            &format!("the georep webhook (see {auth_key} in the config)"),
+        );
+    }
+    if let Some(door) = region.and_then(|r| state.doors.get(r))
+        && !door.writable
+    {
+        return plain(
+            StatusCode::FORBIDDEN,
+            format!(
+                "region {} does not accept pushes (`accepts_pushes: false`): its notifications are refused; point only writable regions at georep",
+                door.name
+            ),
         );
     }
     let content_type = headers
@@ -232,7 +340,7 @@ async fn notifications(
         Err(why) => return plain(StatusCode::BAD_REQUEST, why),
     };
 
-    match state.intake.events(&events).await {
+    match state.intake.events_from(region, &events).await {
         Ok(counts) => axum::Json(counts).into_response(),
         Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -242,19 +350,24 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     if let Err(e) = state.store.check() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, format!("state store: {e}"));
     }
+    // Any-region mode has no one registry it cannot work without: each
+    // region's health is in the status.
+    let Some(primary) = &state.primary else {
+        return plain(StatusCode::OK, "ready");
+    };
     let mut probe = state.primary_probe.lock().await;
     let fresh = probe
         .as_ref()
         .is_some_and(|(at, _)| at.elapsed() < PROBE_TTL);
     if !fresh {
-        let res = state.primary.ping().await.map_err(|e| format!("{e:#}"));
+        let res = primary.ping().await.map_err(|e| format!("{e:#}"));
         *probe = Some((Instant::now(), res));
     }
     match probe.as_ref().map(|(_, r)| r) {
         Some(Ok(())) | None => plain(StatusCode::OK, "ready"),
         Some(Err(e)) => plain(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("primary {} unreachable: {e}", state.primary.url()),
+            format!("primary {} unreachable: {e}", primary.url()),
         ),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::cli::CheckConfigArgs;
 use crate::commands::ExitStatus;
-use crate::config::{self, Config, DeletePolicy, RegistryConfig};
+use crate::config::{self, Config, DeletePolicy, Mode, RegistryConfig};
 use crate::registry::{Registry, http_client};
 use crate::units::human_bytes;
 
@@ -45,11 +45,31 @@ fn registry_line(role: &str, r: &RegistryConfig) -> String {
 /// What the config resolved to, for people.
 pub fn summary(c: &Config) -> String {
     let mut out = String::new();
-    out.push_str(&registry_line("primary", &c.primary));
-    out.push('\n');
-    for r in &c.regions {
-        out.push_str(&registry_line("region ", r));
+    if let Some(p) = c.primary() {
+        out.push_str(&registry_line("primary", p));
         out.push('\n');
+    }
+    for r in &c.regions {
+        let role = match (c.mode, r.accepts_pushes) {
+            (Mode::AnyRegion, true) => "region (accepts pushes)",
+            (Mode::AnyRegion, false) => "region (read-only)",
+            (Mode::OneWay, _) => "region ",
+        };
+        out.push_str(&registry_line(role, r));
+        out.push('\n');
+    }
+    if c.any_region() {
+        let order: Vec<&str> = c
+            .conflicts
+            .order
+            .iter()
+            .map(|&i| c.regions[i].name.as_str())
+            .collect();
+        out.push_str(&format!(
+            "  any-region: each writable region notifies {{listen}}/v1/notifications/<region>; conflicts: the later push wins, pushes within {} ms go to the first of {}\n",
+            c.conflicts.skew.as_millis(),
+            order.join(", ")
+        ));
     }
     let every =
         |d: Option<Duration>| d.map_or("off".to_owned(), |d| format!("every {} s", d.as_secs()));
@@ -92,10 +112,13 @@ pub fn summary(c: &Config) -> String {
 
 pub async fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitStatus> {
     let c = config::load(&args.config)?;
+    let source = match c.primary() {
+        Some(p) => format!("primary {}", p.name),
+        None => "any-region mode".to_owned(),
+    };
     println!(
-        "{}: ok — primary {}, {} region{}",
+        "{}: ok — {source}, {} region{}",
         args.config.display(),
-        c.primary.name,
         c.regions.len(),
         if c.regions.len() == 1 { "" } else { "s" },
     );
@@ -104,8 +127,8 @@ pub async fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitStatus> {
         return Ok(ExitStatus::Success);
     }
     let http = http_client(&c.timeouts);
-    let registries: Vec<Registry> = std::iter::once(&c.primary)
-        .chain(&c.regions)
+    let registries: Vec<Registry> = c
+        .registries()
         .map(|r| Registry::new(r, http.clone(), c.timeouts, c.max_attempts))
         .collect();
     let checks = futures::future::join_all(

@@ -59,7 +59,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<ExitStatus> {
         primary.url()
     );
     corpus
-        .push(engine.primary())
+        .push(
+            engine
+                .primary()
+                .context("the demo's config has a primary")?,
+        )
         .await
         .context("pushing the sample images to the primary")?;
 

@@ -73,9 +73,7 @@ async fn from_daemon(
 /// The view from the store, with every registry asked once.
 async fn from_store(config: &Config, store: std::sync::Arc<crate::store::Store>) -> StatusView {
     let engine = Engine::new(config, store.clone());
-    let registries: Vec<_> = std::iter::once(engine.primary().clone())
-        .chain(engine.regions().iter().cloned())
-        .collect();
+    let registries: Vec<_> = engine.registries().cloned().collect();
     let checks = futures::future::join_all(
         registries
             .iter()
@@ -83,9 +81,7 @@ async fn from_store(config: &Config, store: std::sync::Arc<crate::store::Store>)
     )
     .await;
     let now = now_unix();
-    let withheld = std::iter::once(&config.primary)
-        .chain(&config.regions)
-        .map(|r| r.credentials_withheld);
+    let withheld = config.registries().map(|r| r.credentials_withheld);
     let health: Vec<Health> = checks
         .into_iter()
         .zip(withheld)

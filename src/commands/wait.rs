@@ -98,14 +98,12 @@ fn authority(url: &url::Url) -> String {
     }
 }
 
-/// The reference's registry host must be the primary's or a region's.
-fn check_host(config: &config::Config, image: &str, host: &str) -> anyhow::Result<()> {
-    let known: Vec<String> = std::iter::once(&config.primary)
-        .chain(&config.regions)
-        .map(|r| authority(&r.url))
-        .collect();
-    if known.iter().any(|k| k.eq_ignore_ascii_case(host)) {
-        return Ok(());
+/// The reference's registry host must be the primary's or a region's:
+/// which one it is (its index among `config.registries()`).
+fn check_host(config: &config::Config, image: &str, host: &str) -> anyhow::Result<usize> {
+    let known: Vec<String> = config.registries().map(|r| authority(&r.url)).collect();
+    if let Some(i) = known.iter().position(|k| k.eq_ignore_ascii_case(host)) {
+        return Ok(i);
     }
     bail!(
         "image {image:?} names the registry {host}, which is neither the primary nor a region of {} (they are {})",
@@ -124,52 +122,85 @@ pub(crate) fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
 pub async fn run(args: &WaitArgs) -> anyhow::Result<ExitStatus> {
     let config = config::load(&args.config)?;
     let image = parse_image(&args.image)?;
-    if let Some(host) = &image.host {
-        check_host(&config, &args.image, host)?;
-    }
+    let named = match &image.host {
+        Some(host) => Some(check_host(&config, &args.image, host)?),
+        None => None,
+    };
     let (repo, reference) = (image.repository, image.reference);
+    let pinned: Option<Digest> = match &args.digest {
+        Some(d) => Some(
+            d.parse()
+                .with_context(|| format!("--digest {d:?} is not a digest (sha256:<64 hex>)"))?,
+        ),
+        None => reference.parse().ok(),
+    };
     let timeout = parse_duration("--timeout", &args.timeout)?;
     let interval = parse_duration("--interval", &args.interval)?.max(Duration::from_millis(50));
     let http = http_client(&config.timeouts);
     let mk = |r| Registry::new(r, http.clone(), config.timeouts, config.max_attempts);
-    let primary = mk(&config.primary);
-    let regions: Vec<Registry> = config.regions.iter().map(mk).collect();
+    let registries: Vec<Registry> = config.registries().map(mk).collect();
+    let first_region = usize::from(config.primary().is_some());
+    // Where the digest is learnt: the primary; in any-region mode the
+    // region the image names (a pushed region), else none (every region
+    // must come to agree).
+    let source: Option<&Registry> = match (config.primary(), named) {
+        (Some(_), _) => registries.first(),
+        (None, Some(i)) => registries.get(i),
+        (None, None) => None,
+    };
+    let regions = &registries[first_region..];
     let scope = Scope::pull(&repo);
     let started = Instant::now();
     let deadline = started + timeout;
     let check = async || -> (Option<Digest>, Vec<String>) {
-        let want = match primary.head_manifest(&repo, &reference, &scope).await {
-            Ok(Some(h)) => Some(h.digest),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::debug!("asking the primary failed: {e:#}");
-                None
-            }
+        let heads = futures::future::join_all(regions.iter().map(|reg| {
+            let scope = &scope;
+            let repo = &repo;
+            let reference = &reference;
+            async move { (reg, reg.head_manifest(repo, reference, scope).await) }
+        }));
+        let want = match (&pinned, source) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(src)) => match src.head_manifest(&repo, &reference, &scope).await {
+                Ok(Some(h)) => Some(h.digest),
+                Ok(None) => {
+                    let what = if config.primary().is_some() {
+                        "the primary"
+                    } else {
+                        "region"
+                    };
+                    return (
+                        None,
+                        vec![format!("{what} {} (no such image yet)", src.name())],
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!("asking {} failed: {e:#}", src.name());
+                    return (None, vec![format!("{} ({e})", src.name())]);
+                }
+            },
+            (None, None) => None,
+        };
+        let heads = heads.await;
+        // Any-region without a digest: whatever they all serve, once they
+        // agree.
+        let want = want.or_else(|| match heads.first() {
+            Some((_, Ok(Some(h)))) => Some(h.digest.clone()),
+            _ => None,
+        });
+        let Some(want) = want else {
+            return (None, vec!["every region (no such image yet)".to_owned()]);
         };
         let mut lacking = Vec::new();
-        match &want {
-            None => lacking.push(format!(
-                "the primary {} (no such image yet)",
-                primary.name()
-            )),
-            Some(want) => {
-                let checks = regions.iter().map(|reg| {
-                    let scope = &scope;
-                    let repo = &repo;
-                    let reference = &reference;
-                    async move { (reg, reg.head_manifest(repo, reference, scope).await) }
-                });
-                for (reg, res) in futures::future::join_all(checks).await {
-                    match res {
-                        Ok(Some(h)) if h.digest == *want => {}
-                        Ok(Some(h)) => lacking.push(format!("{} (has {})", reg.name(), h.digest)),
-                        Ok(None) => lacking.push(reg.name().to_owned()),
-                        Err(e) => lacking.push(format!("{} ({e})", reg.name())),
-                    }
-                }
+        for (reg, res) in heads {
+            match res {
+                Ok(Some(h)) if h.digest == want => {}
+                Ok(Some(h)) => lacking.push(format!("{} (has {})", reg.name(), h.digest)),
+                Ok(None) => lacking.push(reg.name().to_owned()),
+                Err(e) => lacking.push(format!("{} ({e})", reg.name())),
             }
         }
-        (want, lacking)
+        (Some(want), lacking)
     };
     let mut lacking: Vec<String> = vec!["every region (no answer in time)".to_owned()];
     loop {

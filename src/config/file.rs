@@ -14,10 +14,18 @@ use serde_saphyr::Spanned;
 pub struct FileConfig {
     /// Directory for georep's state; relative to the config file.
     pub state_dir: Spanned<PathBuf>,
-    /// The registry people push to.
-    pub primary: FileRegistry,
+    /// `one-way` (default: pushes go to `primary`) or `any-region` (every
+    /// region accepts pushes; there is no `primary`).
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// The registry people push to (one-way mode).
+    #[serde(default)]
+    pub primary: Option<FileRegistry>,
     /// The replicas, one per region.
     pub regions: Spanned<Vec<FileRegistry>>,
+    /// Any-region mode: how a tag pushed in two regions at once is decided.
+    #[serde(default)]
+    pub conflicts: Option<Spanned<FileConflicts>>,
     #[serde(default)]
     pub repositories: FileRepositories,
     #[serde(default)]
@@ -57,6 +65,18 @@ pub struct FileConfig {
     /// Outgoing notifications.
     #[serde(default)]
     pub notify: Vec<FileNotify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConflicts {
+    /// Region names, the one that wins a tie first.
+    #[serde(default)]
+    pub order: Vec<Spanned<String>>,
+    /// Pushes closer than this (in milliseconds, by the registries'
+    /// clocks) are decided by `order`, not by time.
+    #[serde(default)]
+    pub skew_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +177,14 @@ pub struct FileRegistry {
     /// certificate verification.
     #[serde(default)]
     pub insecure: Option<Spanned<bool>>,
+    /// Any-region mode: whether people push to this region (default true).
+    #[serde(default)]
+    pub accepts_pushes: Option<Spanned<bool>>,
+    /// Any-region mode: the credentials this region's notifications must
+    /// carry (instead of `webhook.auth`), so no other sender can speak for
+    /// it.
+    #[serde(default)]
+    pub webhook_auth: Option<Spanned<FileHttpAuth>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,8 +16,9 @@ mod parse;
 use access::url_identity;
 
 use super::{
-    Concurrency, Config, DEFAULT_MAX_ATTEMPTS, DEFAULT_NOTIFY_TIMEOUT_SECS, DaemonConfig,
-    DeletePolicy, NotifyEvent, NotifyFormat, NotifyScope, NotifyTarget, RepositoryFilter, Timeouts,
+    Concurrency, Config, Conflicts, DEFAULT_MAX_ATTEMPTS, DEFAULT_NOTIFY_TIMEOUT_SECS,
+    DaemonConfig, DeletePolicy, Mode, NotifyEvent, NotifyFormat, NotifyScope, NotifyTarget,
+    RegistryConfig, RepositoryFilter, Timeouts,
 };
 
 /// Why a config could not be loaded.
@@ -259,33 +260,62 @@ impl Validator<'_> {
             )),
         };
         self.connect_timeout = timeouts.connect;
-        let primary = self.registry(&file.primary, "primary");
+        let mode = self.mode(&file);
+        // `Some(None)`: no primary, as any-region mode wants; `None`: the
+        // primary was invalid (its issues are recorded).
+        let primary: Option<Option<RegistryConfig>> = match (&file.primary, mode) {
+            (Some(p), Mode::OneWay) => self.registry(p, "primary").map(|mut r| {
+                r.accepts_pushes = true;
+                Some(r)
+            }),
+            (Some(p), Mode::AnyRegion) => {
+                self.issue(
+                    p.name.referenced,
+                    format!(
+                        "any-region mode has no primary: move {:?} under `regions:` (every region accepts pushes there)",
+                        p.name.value
+                    ),
+                );
+                None
+            }
+            (None, Mode::OneWay) => {
+                self.issue(
+                    file.regions.referenced,
+                    "no `primary:`: one-way mode (the default) replicates the primary to the regions; \
+                     add `primary:`, or set `mode: any-region` to accept pushes in every region",
+                );
+                None
+            }
+            (None, Mode::AnyRegion) => Some(None),
+        };
         let mut regions = Vec::new();
         if file.regions.value.is_empty() {
             self.issue(
                 file.regions.referenced,
                 "regions is empty: list at least one replica region",
             );
+        } else if mode == Mode::AnyRegion && file.regions.value.len() < 2 {
+            self.issue(
+                file.regions.referenced,
+                "any-region mode needs at least two regions to replicate between",
+            );
         }
         let mut seen_names: HashMap<String, Location> = HashMap::new();
         let mut seen_urls: HashMap<String, (String, Location)> = HashMap::new();
-        seen_names.insert(
-            file.primary.name.value.clone(),
-            file.primary.name.referenced,
-        );
-        if let Some(p) = &primary {
-            seen_urls.insert(
-                url_identity(&p.url),
-                (
-                    format!("the primary {:?}", p.name),
-                    file.primary.url.referenced,
-                ),
-            );
+        let primary_name = file.primary.as_ref().map(|p| p.name.value.clone());
+        if let Some(fp) = &file.primary {
+            seen_names.insert(fp.name.value.clone(), fp.name.referenced);
+            if let Some(Some(p)) = &primary {
+                seen_urls.insert(
+                    url_identity(&p.url),
+                    (format!("the primary {:?}", p.name), fp.url.referenced),
+                );
+            }
         }
         for r in &file.regions.value {
             let name = &r.name.value;
             if let Some(first) = seen_names.get(name) {
-                let what = if *name == file.primary.name.value {
+                let what = if Some(name) == primary_name.as_ref() {
                     "the primary's name".to_owned()
                 } else {
                     format!("the name of another region (line {})", first.line())
@@ -297,7 +327,22 @@ impl Validator<'_> {
             } else {
                 seen_names.insert(name.clone(), r.name.referenced);
             }
-            if let Some(reg) = self.registry(r, "region") {
+            if mode == Mode::OneWay {
+                if let Some(a) = &r.accepts_pushes {
+                    self.issue(
+                        a.referenced,
+                        "accepts_pushes applies in any-region mode only: in one-way mode people push to the primary alone; \
+                         set `mode: any-region` at the top level to accept pushes in every region",
+                    );
+                }
+                if let Some(a) = &r.webhook_auth {
+                    self.issue(
+                        a.referenced,
+                        "webhook_auth of a region applies in any-region mode only: in one-way mode only the primary notifies georep (see `webhook.auth`)",
+                    );
+                }
+            }
+            if let Some(mut reg) = self.registry(r, "region") {
                 let id = url_identity(&reg.url);
                 if let Some((owner, at)) = seen_urls.get(&id) {
                     let msg = format!(
@@ -310,9 +355,12 @@ impl Validator<'_> {
                 } else {
                     seen_urls.insert(id, (format!("region {:?}", reg.name), r.url.referenced));
                 }
+                reg.accepts_pushes =
+                    mode == Mode::AnyRegion && r.accepts_pushes.as_ref().is_none_or(|a| a.value);
                 regions.push(reg);
             }
         }
+        let conflicts = self.conflicts(&file, mode, &regions);
 
         let include = self.globs(&file.repositories.include, "include");
         let exclude = self.globs(&file.repositories.exclude, "exclude");
@@ -343,8 +391,10 @@ impl Validator<'_> {
         Some(Config {
             path: path.to_owned(),
             state_dir,
+            mode,
             primary: primary?,
             regions,
+            conflicts: conflicts?,
             repositories: RepositoryFilter::new(include, exclude),
             concurrency,
             timeouts,
@@ -352,6 +402,123 @@ impl Validator<'_> {
             total_max_bytes_per_sec,
             daemon,
         })
+    }
+
+    /// `mode:`, one-way unless it says otherwise.
+    fn mode(&mut self, file: &FileConfig) -> Mode {
+        match &file.mode {
+            None => Mode::OneWay,
+            Some(m) => match m.value.trim() {
+                "one-way" => Mode::OneWay,
+                "any-region" => Mode::AnyRegion,
+                other => {
+                    self.issue(
+                        m.referenced,
+                        format!("mode {other:?} is not a mode: write `one-way` (pushes go to the primary) or `any-region` (every region accepts pushes)"),
+                    );
+                    Mode::OneWay
+                }
+            },
+        }
+    }
+
+    /// `conflicts:` (any-region mode only): the tie-break order names every
+    /// writable region once; by default, config order. `None`: an issue was
+    /// recorded.
+    fn conflicts(
+        &mut self,
+        file: &FileConfig,
+        mode: Mode,
+        regions: &[RegistryConfig],
+    ) -> Option<Conflicts> {
+        let writable: Vec<usize> = (0..regions.len())
+            .filter(|&i| regions[i].accepts_pushes)
+            .collect();
+        let Some(c) = &file.conflicts else {
+            if mode == Mode::AnyRegion && writable.is_empty() && !regions.is_empty() {
+                self.issue(
+                    file.regions.referenced,
+                    "no region accepts pushes: in any-region mode at least one region must (`accepts_pushes: true` is the default)",
+                );
+                return None;
+            }
+            return Some(Conflicts {
+                order: writable,
+                ..Conflicts::default()
+            });
+        };
+        if mode == Mode::OneWay {
+            self.issue(
+                c.referenced,
+                "conflicts applies in any-region mode only: in one-way mode the primary alone is written by people, so there is nothing to decide; set `mode: any-region` to use it",
+            );
+            return None;
+        }
+        let mut ok = true;
+        let skew = match &c.value.skew_ms {
+            None => Duration::from_millis(super::DEFAULT_CONFLICT_SKEW_MS),
+            Some(s) if s.value <= 600_000 => Duration::from_millis(s.value),
+            Some(s) => {
+                self.issue(
+                    s.referenced,
+                    format!("skew_ms {} is more than 10 minutes: clocks that far apart would decide every conflict by order; fix the clocks (NTP) and keep this small", s.value),
+                );
+                ok = false;
+                Duration::ZERO
+            }
+        };
+        let mut order: Vec<usize> = Vec::new();
+        for name in &c.value.order {
+            let n = name.value.trim();
+            match regions.iter().position(|r| r.name == n) {
+                None => {
+                    let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+                    self.issue(
+                        name.referenced,
+                        format!(
+                            "conflicts.order names {n:?}, which is not a region (regions: {})",
+                            known.join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(i) if !regions[i].accepts_pushes => {
+                    self.issue(
+                        name.referenced,
+                        format!("region {n:?} does not accept pushes (`accepts_pushes: false`): it can never be in a conflict"),
+                    );
+                    ok = false;
+                }
+                Some(i) if order.contains(&i) => {
+                    self.issue(
+                        name.referenced,
+                        format!("conflicts.order names {n:?} twice"),
+                    );
+                    ok = false;
+                }
+                Some(i) => order.push(i),
+            }
+        }
+        if c.value.order.is_empty() {
+            order = writable.clone();
+        } else if ok {
+            let missing: Vec<&str> = writable
+                .iter()
+                .filter(|i| !order.contains(i))
+                .map(|&i| regions[i].name.as_str())
+                .collect();
+            if !missing.is_empty() {
+                self.issue(
+                    c.referenced,
+                    format!(
+                        "conflicts.order must name every region that accepts pushes, the one that wins a tie first; missing: {}",
+                        missing.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(Conflicts { order, skew })
     }
 
     /// A size in bytes from a number or text like `50MiB`.
@@ -641,12 +808,106 @@ regions:
     #[test]
     fn minimal_config_loads_with_defaults() {
         let c = load_str(Path::new("/etc/georep/georep.yaml"), MINIMAL, &no_env).unwrap();
-        assert_eq!(c.primary.name, "westeurope");
-        assert_eq!(c.primary.display_url(), "http://127.0.0.1:5000");
+        assert_eq!(c.primary().unwrap().name, "westeurope");
+        assert_eq!(c.primary().unwrap().display_url(), "http://127.0.0.1:5000");
         assert_eq!(c.regions.len(), 2);
         assert_eq!(c.state_dir, PathBuf::from("/etc/georep/georep-state"));
         assert_eq!(c.concurrency, Concurrency::default());
         assert!(c.repositories.allows("anything/at/all"));
+    }
+
+    const ANY_REGION: &str = "\
+state_dir: ./s
+mode: any-region
+regions:
+  - name: us
+    url: http://127.0.0.1:5000
+  - name: eu
+    url: http://127.0.0.1:5001
+  - name: edge
+    url: http://127.0.0.1:5002
+    accepts_pushes: false
+";
+
+    #[test]
+    fn any_region_mode_loads_with_its_order_and_window() {
+        let c = load_str(Path::new("/g.yaml"), ANY_REGION, &no_env).unwrap();
+        assert_eq!(c.mode, Mode::AnyRegion);
+        assert!(c.primary().is_none());
+        let writable: Vec<bool> = c.regions.iter().map(|r| r.accepts_pushes).collect();
+        assert_eq!(writable, [true, true, false]);
+        assert_eq!(c.conflicts.order, [0, 1], "config order by default");
+        let text = format!("{ANY_REGION}conflicts:\n  order: [eu, us]\n  skew_ms: 20\n");
+        let c = load_str(Path::new("/g.yaml"), &text, &no_env).unwrap();
+        assert_eq!(c.conflicts.order, [1, 0]);
+        assert_eq!(c.conflicts.skew, Duration::from_millis(20));
+        // One-way: the primary alone accepts pushes.
+        let c = load_str(Path::new("/g.yaml"), MINIMAL, &no_env).unwrap();
+        assert_eq!(c.mode, Mode::OneWay);
+        assert!(c.primary().unwrap().accepts_pushes);
+        assert!(c.regions.iter().all(|r| !r.accepts_pushes));
+    }
+
+    #[test]
+    fn a_wrong_mix_of_modes_is_explained_with_its_line() {
+        let with_primary = ANY_REGION.replace(
+            "regions:\n",
+            "primary:\n  name: home\n  url: http://127.0.0.1:5009\nregions:\n",
+        );
+        let err = load_err(&with_primary);
+        assert!(
+            err.contains(":4:9: any-region mode has no primary: move \"home\""),
+            "{err}"
+        );
+        let pushes_one_way = MINIMAL.replace(
+            "    url: http://127.0.0.1:5001\n",
+            "    url: http://127.0.0.1:5001\n    accepts_pushes: true\n",
+        );
+        let err = load_err(&pushes_one_way);
+        assert!(
+            err.contains(":8:21: accepts_pushes applies in any-region mode only"),
+            "{err}"
+        );
+        let conflicts_one_way = format!("{MINIMAL}conflicts:\n  order: [eastus]\n");
+        let err = load_err(&conflicts_one_way);
+        assert!(
+            err.contains("conflicts applies in any-region mode only"),
+            "{err}"
+        );
+        let no_primary = MINIMAL.replace(
+            "primary:\n  name: westeurope\n  url: http://127.0.0.1:5000\n",
+            "",
+        );
+        let err = load_err(&no_primary);
+        assert!(err.contains("or set `mode: any-region`"), "{err}");
+        let bad_mode = ANY_REGION.replace("any-region", "anywhere");
+        assert!(load_err(&bad_mode).contains(":2:7: mode \"anywhere\" is not a mode"));
+        let lonely = "state_dir: s\nmode: any-region\nregions:\n  - name: us\n    url: http://127.0.0.1:5000\n";
+        assert!(load_err(lonely).contains("at least two regions"));
+    }
+
+    #[test]
+    fn the_conflict_order_names_every_writable_region_once() {
+        let order = |o: &str| load_err(&format!("{ANY_REGION}conflicts:\n  order: {o}\n"));
+        let err = order("[us, eu, mars]");
+        assert!(
+            err.contains(":12:19: conflicts.order names \"mars\", which is not a region"),
+            "{err}"
+        );
+        let err = order("[us, edge, eu]");
+        assert!(
+            err.contains("region \"edge\" does not accept pushes"),
+            "{err}"
+        );
+        let err = order("[us, us, eu]");
+        assert!(err.contains("names \"us\" twice"), "{err}");
+        let err = order("[eu]");
+        assert!(err.contains("missing: us"), "{err}");
+        let err = load_err(&format!("{ANY_REGION}conflicts:\n  skew_ms: 900000\n"));
+        assert!(
+            err.contains("skew_ms 900000 is more than 10 minutes"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -700,7 +961,7 @@ regions:
             "{MINIMAL}limits:\n  max_bytes_per_sec: 50MiB\n  total_max_bytes_per_sec: 1GB\n  max_requests_per_sec: 20\n"
         );
         let c = load_str(Path::new("c.yaml"), &text, &no_env).unwrap();
-        assert_eq!(c.primary.max_bytes_per_sec, Some(50 << 20));
+        assert_eq!(c.primary().unwrap().max_bytes_per_sec, Some(50 << 20));
         assert_eq!(c.regions[1].max_requests_per_sec, Some(20));
         assert_eq!(c.total_max_bytes_per_sec, Some(1_000_000_000));
         let bad = MINIMAL.replace(

@@ -68,8 +68,14 @@ pub struct Config {
     pub path: PathBuf,
     /// Where georep keeps its state (absolute).
     pub state_dir: PathBuf,
-    pub primary: RegistryConfig,
+    /// Where people push: the primary alone, or every writable region.
+    pub mode: Mode,
+    /// The registry people push to, in one-way mode; `None` in any-region
+    /// mode.
+    pub primary: Option<RegistryConfig>,
     pub regions: Vec<RegistryConfig>,
+    /// How a conflict between regions is decided (any-region mode).
+    pub conflicts: Conflicts,
     pub repositories: RepositoryFilter,
     pub concurrency: Concurrency,
     pub timeouts: Timeouts,
@@ -78,6 +84,70 @@ pub struct Config {
     pub total_max_bytes_per_sec: Option<u64>,
     /// What only `georep run` uses.
     pub daemon: DaemonConfig,
+}
+
+/// Where people push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// To the primary only; the regions are its replicas.
+    OneWay,
+    /// To any region that `accepts_pushes`; georep spreads each push to
+    /// all the others.
+    AnyRegion,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::OneWay => "one-way",
+            Mode::AnyRegion => "any-region",
+        }
+    }
+}
+
+/// The default clock-skew window between two regions' registries.
+pub const DEFAULT_CONFLICT_SKEW_MS: u64 = 100;
+
+/// How a tag changed to different digests in two regions is decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflicts {
+    /// Region indexes, the one that wins a tie first: every writable
+    /// region once.
+    pub order: Vec<usize>,
+    /// Pushes closer than this (by the registries' event times) are
+    /// decided by `order`.
+    pub skew: Duration,
+}
+
+impl Default for Conflicts {
+    fn default() -> Self {
+        Conflicts {
+            order: Vec::new(),
+            skew: Duration::from_millis(DEFAULT_CONFLICT_SKEW_MS),
+        }
+    }
+}
+
+impl Config {
+    /// The primary in one-way mode.
+    pub fn primary(&self) -> Option<&RegistryConfig> {
+        self.primary.as_ref()
+    }
+
+    pub fn any_region(&self) -> bool {
+        self.mode == Mode::AnyRegion
+    }
+
+    /// Every registry georep talks to: the primary (if any), then the
+    /// regions.
+    pub fn registries(&self) -> impl Iterator<Item = &RegistryConfig> {
+        self.primary.iter().chain(self.regions.iter())
+    }
+
+    /// The region named `name`.
+    pub fn region_index(&self, name: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r.name == name)
+    }
 }
 
 /// The daemon's settings.
@@ -199,14 +269,18 @@ pub enum NotifyEvent {
     /// An item was parked in a region (given up on until the next
     /// reconcile), with its reason.
     Failed,
+    /// Any-region mode: one tag pushed with different digests in two
+    /// regions, and which won.
+    Conflict,
 }
 
 impl NotifyEvent {
-    pub const ALL: [NotifyEvent; 4] = [
+    pub const ALL: [NotifyEvent; 5] = [
         NotifyEvent::Replicated,
         NotifyEvent::Complete,
         NotifyEvent::Deleted,
         NotifyEvent::Failed,
+        NotifyEvent::Conflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -215,6 +289,7 @@ impl NotifyEvent {
             NotifyEvent::Complete => "complete",
             NotifyEvent::Deleted => "deleted",
             NotifyEvent::Failed => "failed",
+            NotifyEvent::Conflict => "conflict",
         }
     }
 
@@ -282,6 +357,12 @@ pub struct RegistryConfig {
     /// Plain http to a non-loopback host allowed; https certificates not
     /// verified.
     pub insecure: bool,
+    /// People push to it: the primary in one-way mode; in any-region mode
+    /// each region unless it says `accepts_pushes: false`.
+    pub accepts_pushes: bool,
+    /// What its notifications must carry, when it has credentials of its
+    /// own (any-region mode); else `webhook.auth` applies.
+    pub webhook_auth: Option<HttpAuth>,
     /// A client of its own carrying the registry's TLS settings (extra
     /// trust, a client identity, `insecure` on https), built when the
     /// config loaded (so it is known to build); `None`: the shared client.
@@ -333,6 +414,8 @@ impl RegistryConfig {
             max_requests_per_sec: None,
             max_bytes_per_sec: None,
             insecure: false,
+            accepts_pushes: false,
+            webhook_auth: None,
             client: None,
         })
     }

@@ -32,6 +32,7 @@ use crate::shutdown;
 use crate::watch::audit::Audit;
 use crate::watch::doorbell::Doorbell;
 use crate::watch::intake::{FORGET_EVERY, ForgetEvents, Intake};
+use crate::watch::merge::Merge;
 use crate::watch::poller::Reconcile;
 use crate::watch::probe::{HealthBook, PROBE_EVERY, Probe};
 use workers::Workers;
@@ -46,6 +47,9 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     doorbell: Arc<Doorbell>,
     intake: Arc<Intake>,
+    notifier: Arc<Notifier>,
+    /// Any-region mode's decisions.
+    merge: Option<Arc<Merge>>,
     listener: tokio::net::TcpListener,
 }
 
@@ -92,12 +96,24 @@ impl Daemon {
         let engine = Arc::new(Engine::new(&config, store.clone()));
         let metrics = Arc::new(Metrics::new(regions));
         let doorbell = Arc::new(Doorbell::new(regions));
+        let notifier = Arc::new(Notifier::new(&config, store.clone()));
+        let merge = config.any_region().then(|| {
+            Arc::new(Merge::new(
+                &config,
+                store.clone(),
+                doorbell.clone(),
+                metrics.clone(),
+                notifier.clone(),
+                engine.rules().clone(),
+            ))
+        });
         let intake = Arc::new(Intake::new(
             store,
             doorbell.clone(),
             metrics.clone(),
             config.repositories.clone(),
             config.daemon.deletes,
+            merge.clone(),
         ));
         Ok(Daemon {
             config: Arc::new(config),
@@ -105,6 +121,8 @@ impl Daemon {
             metrics,
             doorbell,
             intake,
+            notifier,
+            merge,
             listener,
         })
     }
@@ -123,6 +141,8 @@ impl Daemon {
             metrics,
             doorbell,
             intake,
+            notifier,
+            merge,
             listener,
         } = self;
         let (trigger, signal) = shutdown::channel();
@@ -133,7 +153,8 @@ impl Daemon {
         tracing::info!(
             %addr,
             version = env!("CARGO_PKG_VERSION"),
-            primary = %config.primary.display_url(),
+            mode = config.mode.as_str(),
+            primary = %config.primary().map_or_else(|| "none".to_owned(), |p| p.display_url()),
             regions = %config.regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
             poll_interval = %every(d.poll_interval),
             audit_interval = %every(d.audit_interval),
@@ -155,9 +176,7 @@ impl Daemon {
         // problem (credentials, TLS, unreachable) is said once, up front.
         let health = Arc::new(HealthBook::default());
         let probe = Probe {
-            registries: std::iter::once(engine.primary().clone())
-                .chain(engine.regions().iter().cloned())
-                .collect(),
+            registries: engine.registries().cloned().collect(),
             book: health.clone(),
         };
         let first = tokio::time::timeout(FIRST_PROBE_WAIT, probe.activate()).await;
@@ -175,7 +194,13 @@ impl Daemon {
             }),
             signal.clone(),
         );
-        let notifier = Arc::new(Notifier::new(&config, engine.store().clone()));
+        if let Some(merge) = &merge {
+            match merge.redecide_all() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tags = n, "decided again the tags not yet agreed"),
+                Err(e) => tracing::warn!("deciding the tags not yet agreed failed: {e:#}"),
+            }
+        }
         let workers = Arc::new(Workers::new(
             config.clone(),
             engine.clone(),
@@ -183,6 +208,7 @@ impl Daemon {
             doorbell,
             notifier.clone(),
             health.clone(),
+            merge.clone(),
         ));
         if config.daemon.poll_interval.is_none() {
             tracing::info!(
@@ -197,6 +223,7 @@ impl Daemon {
             intake: intake.clone(),
             metrics: metrics.clone(),
             filter: config.repositories.clone(),
+            merge: merge.clone(),
         };
         let reconcile = Arc::new(background::spawn(
             reconcile_task.clone(),
@@ -254,7 +281,8 @@ impl Daemon {
                 metrics.clone(),
                 Arc::new(move |detail| sources.view(detail)),
                 engine.store().clone(),
-                engine.primary().clone(),
+                engine.primary().cloned(),
+                crate::api::Door::all(&config),
                 steering,
             );
             let app = crate::api::router(Arc::new(state));

@@ -35,8 +35,10 @@ impl Sources {
         // A region whose breaker is open is unreachable now, whatever the
         // last probe said; one that has succeeded since the probe found it
         // down is back.
+        // The primary's health comes first, when there is one.
+        let first = usize::from(self.engine.primary().is_some());
         for (i, reg) in regions.iter().enumerate() {
-            let Some(h) = health.get_mut(i + 1) else {
+            let Some(h) = health.get_mut(first + i) else {
                 continue;
             };
             if reg.is_unreachable() {
@@ -64,6 +66,7 @@ impl Sources {
                 m.events(EventResult::Queued),
                 m.events(EventResult::Duplicate),
                 m.events(EventResult::Rejected),
+                m.events(EventResult::Echo),
             ],
             notify: self.notifier.view(),
         };

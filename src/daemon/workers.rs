@@ -29,7 +29,7 @@ use crate::config::{Config, NotifyEvent};
 use crate::digest::Digest;
 use crate::engine::cause::{Cause, CauseKind};
 use crate::engine::listing::ImageJob;
-use crate::engine::{Engine, Pass, Priority};
+use crate::engine::{Engine, Pass, Priority, Source};
 use crate::lock::Locked;
 use crate::metrics::Metrics;
 use crate::notify::{Notification, Notifier};
@@ -38,6 +38,7 @@ use crate::shutdown::Signal;
 use crate::store::queue::{Action, Origin, Queued, WorkItem};
 use crate::store::{RegionId, StoreError, now_unix_ms};
 use crate::watch::doorbell::Doorbell;
+use crate::watch::merge::Merge;
 use crate::watch::probe::HealthBook;
 
 /// Slots per region only fresh pushes may use (beyond
@@ -50,6 +51,11 @@ const IDLE_WAKE: Duration = Duration::from_secs(30);
 /// A delete by tag that waits for its manifest's delete looks again after
 /// this long.
 const TAG_DELETE_WAIT: Duration = Duration::from_secs(60);
+/// How long a copy from a region that does not answer waits before it is
+/// tried again (the probe's interval: the source's return is seen by then).
+const SOURCE_WAIT: Duration = Duration::from_secs(5);
+/// How long the source's `GET /v2/` may take when a copy from it failed.
+const SOURCE_CHECK_WAIT: Duration = Duration::from_secs(3);
 
 /// What became of one item in one region.
 #[derive(Debug)]
@@ -79,6 +85,8 @@ struct GroupKey {
     repository: String,
     reference: String,
     digest: String,
+    /// The region read from (any-region mode); `None`: the primary.
+    source: Option<String>,
 }
 
 /// A region that could not be reached: its queue is not dispatched to
@@ -120,6 +128,8 @@ pub struct Workers {
     completion: Mutex<()>,
     /// Per region: not dispatched to before this time while unreachable.
     gates: Vec<Mutex<Gate>>,
+    /// Any-region mode: told when a tag's last item is done.
+    merge: Option<Arc<Merge>>,
 }
 
 impl Workers {
@@ -130,6 +140,7 @@ impl Workers {
         doorbell: Arc<Doorbell>,
         notifier: Arc<Notifier>,
         health: Arc<HealthBook>,
+        merge: Option<Arc<Merge>>,
     ) -> Workers {
         let regions = config.regions.len();
         Workers {
@@ -142,6 +153,7 @@ impl Workers {
             in_flight: Arc::default(),
             completion: Mutex::new(()),
             gates: (0..regions).map(|_| Mutex::default()).collect(),
+            merge,
         }
     }
 
@@ -251,6 +263,7 @@ fn dispatch(w: &Arc<Workers>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) 
                 repository: q.repository.clone(),
                 reference: q.reference.clone(),
                 digest: q.item.digest.as_str().to_owned(),
+                source: q.item.source.clone(),
             };
             groups.entry(key).or_default().push((r, q));
         }
@@ -302,6 +315,7 @@ async fn run_group(w: &Workers, key: &GroupKey, members: Vec<(RegionId, Queued)>
         Origin::Reconcile => Priority::Backfill,
     });
     let mut outcomes = copy_group(w, &pass, key, &regions, &digest).await;
+    source_outage(w, key, &mut outcomes).await;
     for (r, q) in &members {
         let outcome = outcomes.remove(r).unwrap_or_else(|| {
             Outcome::Failed(Cause {
@@ -319,6 +333,48 @@ async fn run_group(w: &Workers, key: &GroupKey, members: Vec<(RegionId, Queued)>
     }
 }
 
+/// Any-region mode: a copy that found no one at the other end may have
+/// failed to read its source region, not to write its target. When the
+/// source does not answer `GET /v2/`, the targets are not to blame: their
+/// items wait for the source (no attempt counted, no gate on the target,
+/// which goes on taking copies from other regions).
+async fn source_outage(w: &Workers, key: &GroupKey, outcomes: &mut BTreeMap<RegionId, Outcome>) {
+    let Some(name) = &key.source else { return };
+    let unreachable = |o: &Outcome| {
+        matches!(
+            o,
+            Outcome::Failed(Cause {
+                kind: CauseKind::Unreachable,
+                ..
+            })
+        )
+    };
+    if !outcomes.values().any(unreachable) {
+        return;
+    }
+    let Some(s) = w.config.region_index(name) else {
+        return;
+    };
+    let source = &w.engine.regions()[s];
+    let down = match tokio::time::timeout(SOURCE_CHECK_WAIT, source.check()).await {
+        Ok(Ok(())) => false,
+        Ok(Err(p)) => p.kind == crate::registry::check::ProblemKind::Unreachable,
+        Err(_) => true,
+    };
+    if !down {
+        return;
+    }
+    for (r, o) in outcomes.iter_mut() {
+        if *r != s && unreachable(o) {
+            *o = Outcome::Deferred {
+                wait: SOURCE_WAIT,
+                why: format!("waits for region {name}, where it was pushed, to answer again"),
+                told: false,
+            };
+        }
+    }
+}
+
 /// Copies (or deletes) a group's item in each of its regions.
 async fn copy_group(
     w: &Workers,
@@ -328,11 +384,26 @@ async fn copy_group(
     digest: &crate::digest::Digest,
 ) -> BTreeMap<RegionId, Outcome> {
     let mut outcomes: BTreeMap<RegionId, Outcome> = BTreeMap::new();
+    let source = match &key.source {
+        None => Source::Primary,
+        Some(name) => match w.config.region_index(name) {
+            Some(r) => Source::Region(r),
+            None => {
+                let cause = Cause::permanent(format!(
+                    "the region {name} this change was to be read from is not in the config any more"
+                ));
+                for &r in regions {
+                    outcomes.insert(r, Outcome::Failed(cause.clone()));
+                }
+                return outcomes;
+            }
+        },
+    };
     match key.action {
         Action::Copy if key.reference == key.digest => {
             for (r, res) in w
                 .engine
-                .copy_manifest_to(pass, &key.repository, digest, regions)
+                .copy_manifest_to(pass, source, &key.repository, digest, regions)
                 .await
             {
                 outcomes.insert(r, res.map_or_else(Outcome::Failed, |()| Outcome::Done));
@@ -343,6 +414,7 @@ async fn copy_group(
                 repository: key.repository.clone(),
                 digest: digest.clone(),
                 tags: vec![key.reference.clone()],
+                source,
             };
             for o in w.engine.copy_image_to(pass, &job, regions).await {
                 outcomes.insert(o.region, o.failure.map_or(Outcome::Done, Outcome::Failed));
@@ -448,8 +520,17 @@ async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> 
                     Outcome::Deleted(deleted)
                 }
                 Ok(Some(h)) if store.has_item(r, repository, h.digest.as_str()) => {
+                    // Looked at again just after that delete is due (it may
+                    // be waiting for the cap), at most a minute later.
+                    let due_ms = store
+                        .queued_item(r, repository, h.digest.as_str())
+                        .map_or(0, |q| q.item.not_before_ms);
+                    let wait = Duration::from_millis(
+                        due_ms.saturating_sub(now_unix_ms()).saturating_add(1_000),
+                    )
+                    .min(TAG_DELETE_WAIT);
                     Outcome::Deferred {
-                        wait: TAG_DELETE_WAIT,
+                        wait,
                         why: format!(
                             "waits for the delete of its manifest {} (region {} cannot delete a tag alone)",
                             h.digest,
@@ -516,7 +597,24 @@ fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
             };
             status_recorded(region, store.record_outcome(r, None));
             if !removed {
+                // Any-region mode: a newer decision took this region's item
+                // away while it was copied (the region pushed the winner
+                // itself, say); what the copy just wrote is weighed again.
+                if let Some(merge) = &w.merge
+                    && q.item.action == Action::Copy
+                    && !store.has_item(r, &q.repository, &q.reference)
+                    && let Err(e) = merge.wrote(r, &q.repository, &q.reference, &q.item.digest)
+                {
+                    tracing::warn!("deciding {what} again failed (the next reconcile does): {e:#}");
+                }
                 return;
+            }
+            if let Some(merge) = &w.merge
+                && let Err(e) = merge.settle(&q.repository, &q.reference)
+            {
+                tracing::warn!(
+                    "recording that the regions agree on {what} failed (the next reconcile does): {e:#}"
+                );
             }
             let everywhere = || {
                 (0..w.config.regions.len()).all(|x| !store.has_item(x, &q.repository, &q.reference))
@@ -624,10 +722,11 @@ fn record_outcome(w: &Workers, r: RegionId, q: &Queued, outcome: Outcome) {
             }
             // The region's own problem (credentials, TLS) is logged once by
             // the probe; each item failing for it is detail.
+            let first = usize::from(w.engine.primary().is_some());
             let region_problem = w
                 .health
                 .get()
-                .get(r + 1)
+                .get(first + r)
                 .is_some_and(|h| h.problem.is_some());
             if region_problem {
                 tracing::debug!(%region, attempts, parked = park, "{what} failed: {cause}");
@@ -669,9 +768,17 @@ fn retry_time_lost(w: &Workers, r: RegionId, what: &str, wait: Duration, e: &Sto
 /// A notification about item `q`, at region `r` (or the primary).
 fn notification(w: &Workers, event: NotifyEvent, q: &Queued, r: Option<RegionId>) -> Notification {
     let tag = (!q.reference.contains(':')).then_some(q.reference.as_str());
-    let host = match r {
-        Some(r) => w.engine.regions()[r].host(),
-        None => w.engine.primary().host(),
+    let host = match (r, w.engine.primary()) {
+        (Some(r), _) => w.engine.regions()[r].host(),
+        (None, Some(p)) => p.host(),
+        // Any-region mode: the region the change was made in.
+        (None, None) => q
+            .item
+            .source
+            .as_deref()
+            .and_then(|name| w.engine.regions().iter().find(|x| x.name() == name))
+            .map(|x| x.host())
+            .unwrap_or_default(),
     };
     Notification {
         media_type: q.item.media_type.clone(),

@@ -5,7 +5,7 @@
 //! Work on a digest is serialised ([`super::locks`]): the first task copies,
 //! later ones for other repositories find it in the region and mount it.
 //!
-//! Uploads run in rounds. Each round reads the blob from the primary once
+//! Uploads run in rounds. Each round reads the blob from the source once
 //! for every region that lacks it and has a free upload slot; a region whose
 //! slots are all busy (a slow region) does not hold the others back but
 //! waits for a later round with a read of its own. A region that failed for
@@ -28,12 +28,13 @@ use super::fanout::{Target, fan_out};
 use super::pass::Pass;
 use crate::registry::manifest::Descriptor;
 use crate::registry::retry::Backoff;
-use crate::registry::{Mount, RegistryError, Scope, UploadSession};
+use crate::registry::{Mount, Registry, RegistryError, Scope, UploadSession};
 
 impl Engine {
     pub async fn ensure_blob(
         &self,
         pass: &Pass,
+        src: &Registry,
         repo: &str,
         desc: Descriptor,
         regions: &[RegionId],
@@ -44,7 +45,7 @@ impl Engine {
             digest = %desc.digest.short(),
             size = desc.size
         );
-        self.ensure_blob_inner(pass, repo, &desc, regions)
+        self.ensure_blob_inner(pass, src, repo, &desc, regions)
             .instrument(span)
             .await
     }
@@ -52,6 +53,7 @@ impl Engine {
     async fn ensure_blob_inner(
         &self,
         pass: &Pass,
+        src: &Registry,
         repo: &str,
         desc: &Descriptor,
         regions: &[RegionId],
@@ -217,10 +219,10 @@ impl Engine {
             if !targets.is_empty() {
                 let regions = targets.len();
                 let started = std::time::Instant::now();
-                tracing::debug!(regions, "streaming blob from the primary");
+                tracing::debug!(regions, source = %src.name(), "streaming blob");
                 round.extend(
                     fan_out(
-                        &self.primary,
+                        src,
                         repo,
                         desc,
                         targets,

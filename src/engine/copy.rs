@@ -14,9 +14,10 @@ use super::facts::{RegionId, RepoState};
 use super::listing::ImageJob;
 use super::pass::Pass;
 use super::report::TagState;
+use super::source::Source;
 use crate::digest::Digest;
 use crate::registry::manifest::{Descriptor, Kind};
-use crate::registry::{Manifest, Scope};
+use crate::registry::{Manifest, Registry, Scope};
 use crate::store::now_unix_ms;
 
 /// Indexes of indexes (and subject chains) deeper than this are refused:
@@ -36,13 +37,19 @@ pub struct TagOutcome {
 pub type RegionResults = BTreeMap<RegionId, Result<(), Cause>>;
 
 impl Engine {
-    /// Copies one image to every region whose tags differ from the primary.
+    /// Copies one image to every region (but its source) whose tags differ
+    /// from the source's.
     pub async fn copy_image(&self, pass: &Pass, job: &ImageJob) -> Vec<TagOutcome> {
-        self.copy_image_to(pass, job, &self.region_ids()).await
+        let regions: Vec<RegionId> = self
+            .region_ids()
+            .into_iter()
+            .filter(|&r| job.source != Source::Region(r))
+            .collect();
+        self.copy_image_to(pass, job, &regions).await
     }
 
-    /// Copies one image to those of `regions` whose tags differ from the
-    /// primary.
+    /// Copies one image from its source to those of `regions` whose tags
+    /// differ.
     pub async fn copy_image_to(
         &self,
         pass: &Pass,
@@ -50,8 +57,22 @@ impl Engine {
         regions: &[RegionId],
     ) -> Vec<TagOutcome> {
         let span = tracing::info_span!("image", digest = %job.digest.short());
+        let src = match self.source(job.source) {
+            Ok(src) => src,
+            Err(cause) => {
+                return regions
+                    .iter()
+                    .flat_map(|&r| job.tags.iter().map(move |t| (r, t)))
+                    .map(|(r, t)| failed(r, t.clone(), cause.clone()))
+                    .collect();
+            }
+        };
+        // The source may be among them: it holds the content, and gets
+        // the tag back if it moved (any-region mode).
         let classes = self.speed_classes(regions);
-        let copies = classes.iter().map(|c| self.copy_image_inner(pass, job, c));
+        let copies = classes
+            .iter()
+            .map(|c| self.copy_image_inner(pass, src, job, c));
         join_all(copies)
             .instrument(span)
             .await
@@ -65,15 +86,20 @@ impl Engine {
     pub async fn copy_manifest_to(
         &self,
         pass: &Pass,
+        source: Source,
         repo: &str,
         digest: &Digest,
         regions: &[RegionId],
     ) -> RegionResults {
         let span = tracing::info_span!("manifest", digest = %digest.short());
+        let src = match self.source(source) {
+            Ok(src) => src,
+            Err(cause) => return fail_each(regions, &cause),
+        };
         async {
-            let root = match self.primary_manifest(repo, digest).await {
+            let root = match self.source_manifest(src, repo, digest).await {
                 Ok(Some(m)) => m,
-                Ok(None) => return fail_each(regions, &gone_from_primary(digest)),
+                Ok(None) => return fail_each(regions, &gone_from_source(src, digest)),
                 Err(cause) => return fail_each(regions, &cause),
             };
             let desc = Descriptor {
@@ -89,7 +115,7 @@ impl Engine {
                     let classes = self.speed_classes(&regions);
                     let copies = classes
                         .iter()
-                        .map(|c| self.ensure_manifest(pass, repo, desc.clone(), c, 0, false));
+                        .map(|c| self.ensure_manifest(pass, src, repo, desc.clone(), c, 0, false));
                     join_all(copies)
                         .await
                         .into_iter()
@@ -123,11 +149,12 @@ impl Engine {
     async fn copy_image_inner(
         &self,
         pass: &Pass,
+        src: &Registry,
         job: &ImageJob,
         regions: &[RegionId],
     ) -> Vec<TagOutcome> {
         let started = now_unix_ms();
-        let mut outcomes = self.copy_image_once(pass, job, regions).await;
+        let mut outcomes = self.copy_image_once(pass, src, job, regions).await;
         let stale: Vec<RegionId> = regions
             .iter()
             .copied()
@@ -145,7 +172,7 @@ impl Engine {
             self.stale_warning(r, &job.repository);
         }
         outcomes.retain(|o| !stale.contains(&o.region));
-        outcomes.extend(self.copy_image_once(pass, job, &stale).await);
+        outcomes.extend(self.copy_image_once(pass, src, job, &stale).await);
         outcomes
     }
 
@@ -161,6 +188,7 @@ impl Engine {
     async fn copy_image_once(
         &self,
         pass: &Pass,
+        src: &Registry,
         job: &ImageJob,
         regions: &[RegionId],
     ) -> Vec<TagOutcome> {
@@ -216,9 +244,9 @@ impl Engine {
             }
         };
 
-        let root = match self.primary_manifest(repo, &job.digest).await {
+        let root = match self.source_manifest(src, repo, &job.digest).await {
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(gone_from_primary(&job.digest)),
+            Ok(None) => Err(gone_from_source(src, &job.digest)),
             Err(cause) => Err(cause),
         }
         .and_then(|m| {
@@ -254,7 +282,9 @@ impl Engine {
         if verifying {
             deep.extend(in_sync.keys().copied().filter(|r| !needs.contains_key(r)));
         }
-        let checked = self.ensure_dependencies(pass, repo, &root, &deep, 0).await;
+        let checked = self
+            .ensure_dependencies(pass, src, repo, &root, &deep, 0)
+            .await;
         for (r, res) in &checked {
             if res.is_err() || !ready.contains_key(r) {
                 ready.insert(*r, res.clone());
@@ -334,7 +364,7 @@ impl Engine {
         };
         match &head {
             Some(h) => {
-                self.facts.add_manifest(r, repo, tag, &h.digest);
+                self.facts.saw_manifest(r, repo, tag, &h.digest);
                 self.facts
                     .add_manifest(r, repo, h.digest.as_str(), &h.digest);
             }
@@ -385,6 +415,7 @@ impl Engine {
     fn ensure_dependencies<'a>(
         &'a self,
         pass: &'a Pass,
+        src: &'a Registry,
         repo: &'a str,
         manifest: &'a Manifest,
         regions: &'a [RegionId],
@@ -404,17 +435,17 @@ impl Engine {
             };
             let mut work: Vec<BoxFuture<'a, RegionResults>> = Vec::new();
             for child in refs.manifests {
-                work.push(self.ensure_manifest(pass, repo, child, regions, depth + 1, false));
+                work.push(self.ensure_manifest(pass, src, repo, child, regions, depth + 1, false));
             }
             if let Some(subject) = refs.subject {
-                work.push(self.ensure_manifest(pass, repo, subject, regions, depth + 1, true));
+                work.push(self.ensure_manifest(pass, src, repo, subject, regions, depth + 1, true));
             }
             for blob in refs.blobs {
                 if blob.is_foreign() {
                     tracing::debug!(digest = %blob.digest, "foreign layer: not copied");
                     continue;
                 }
-                work.push(self.ensure_blob(pass, repo, blob, regions).boxed());
+                work.push(self.ensure_blob(pass, src, repo, blob, regions).boxed());
             }
             for partial in join_all(work).await {
                 for (r, res) in partial {
@@ -434,9 +465,11 @@ impl Engine {
 
     /// Makes manifest `desc` (a child or a subject) and everything under it
     /// present in each of `regions`, pushed by digest.
+    #[allow(clippy::too_many_arguments)]
     fn ensure_manifest<'a>(
         &'a self,
         pass: &'a Pass,
+        src: &'a Registry,
         repo: &'a str,
         desc: Descriptor,
         regions: &'a [RegionId],
@@ -476,25 +509,27 @@ impl Engine {
             if deep.is_empty() {
                 return results;
             }
-            let manifest = match self.primary_manifest(repo, &digest).await {
+            let manifest = match self.source_manifest(src, repo, &digest).await {
                 Ok(Some(m)) => Ok(m),
                 Ok(None) if is_subject => {
-                    // A referrer whose subject is not on the primary: there
+                    // A referrer whose subject is not on the source: there
                     // is nothing to copy, and registries accept it as is.
-                    tracing::debug!(%digest, "subject not on the primary; copying the referrer alone");
+                    tracing::debug!(%digest, "subject not on the source; copying the referrer alone");
                     results.extend(deep.iter().map(|&r| (r, Ok(()))));
                     return results;
                 }
                 Ok(None) => Err(Cause::permanent(format!(
-                    "child manifest {digest} is missing on the primary"
+                    "child manifest {digest} is missing on {}",
+                    describe(src)
                 ))),
                 Err(cause) => Err(cause),
             }
             .and_then(|m| {
                 if m.bytes.len() as u64 != desc.size {
                     return Err(Cause::permanent(format!(
-                        "manifest {digest} is {} bytes on the primary, its descriptor says {}",
+                        "manifest {digest} is {} bytes on {}, its descriptor says {}",
                         m.bytes.len(),
+                        describe(src),
                         desc.size
                     )));
                 }
@@ -513,7 +548,7 @@ impl Engine {
                 tracing::debug!(%digest, "copying index");
             }
             let deps = self
-                .ensure_dependencies(pass, repo, &manifest, &deep, depth)
+                .ensure_dependencies(pass, src, repo, &manifest, &deep, depth)
                 .await;
             let pushes = deps.into_iter().map(|(r, dep)| {
                 let manifest = &manifest;
@@ -535,19 +570,19 @@ impl Engine {
         .boxed()
     }
 
-    /// Manifest `digest` of `repo` as the primary serves it (`None`: not
+    /// Manifest `digest` of `repo` as the source serves it (`None`: not
     /// there).
-    async fn primary_manifest(
+    async fn source_manifest(
         &self,
+        src: &Registry,
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<Manifest>, Cause> {
-        self.primary
-            .get_manifest(repo, digest.as_str(), &Scope::pull(repo))
+        src.get_manifest(repo, digest.as_str(), &Scope::pull(repo))
             .await
             .map_err(|e| {
                 Cause::of(
-                    format_args!("reading manifest {digest} from the primary"),
+                    format_args!("reading manifest {digest} from {}", describe(src)),
                     &e,
                 )
             })
@@ -610,10 +645,20 @@ fn fail_each(regions: &[RegionId], cause: &Cause) -> RegionResults {
     regions.iter().map(|&r| (r, Err(cause.clone()))).collect()
 }
 
-fn gone_from_primary(digest: &Digest) -> Cause {
+fn gone_from_source(src: &Registry, digest: &Digest) -> Cause {
     Cause::gone(format!(
-        "manifest {digest} is not on the primary (any more)"
+        "manifest {digest} is not on {} (any more)",
+        describe(src)
     ))
+}
+
+/// How messages name a source: `the primary`, or `region eu`.
+fn describe(src: &Registry) -> String {
+    if src.is_region() {
+        format!("region {}", src.name())
+    } else {
+        "the primary".to_owned()
+    }
 }
 
 fn failed(region: RegionId, tag: String, cause: Cause) -> TagOutcome {

@@ -135,6 +135,14 @@ impl Facts {
         );
     }
 
+    /// Region `r` was found holding `digest` under `reference` (a `HEAD`).
+    pub fn saw_manifest(&self, r: RegionId, repo: &str, reference: &str, digest: &Digest) {
+        self.write(
+            "a manifest",
+            self.store.record_manifest_seen(r, repo, reference, digest),
+        );
+    }
+
     pub fn forget_manifest(&self, r: RegionId, repo: &str, reference: &str) {
         self.write("a manifest", self.store.forget_manifest(r, repo, reference));
     }

@@ -13,20 +13,24 @@ use tokio::sync::mpsc;
 
 use super::Engine;
 use super::report::Failure;
+use super::source::Source;
 use crate::digest::Digest;
-use crate::registry::{Scope, names};
+use crate::registry::{Registry, Scope, names};
 
 /// Repositories listed at once.
 const LIST_CONCURRENCY: usize = 4;
 /// Tag HEADs in flight per repository being listed.
 const RESOLVE_CONCURRENCY: usize = 8;
 
-/// One manifest of the primary and the tags that point at it.
+/// One manifest of a source (the primary, or a region a change came
+/// from) and the tags that point at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageJob {
     pub repository: String,
     pub digest: Digest,
     pub tags: Vec<String>,
+    /// Where it is read from.
+    pub source: Source,
 }
 
 /// What listing found, apart from the jobs themselves.
@@ -54,14 +58,23 @@ impl Engine {
         jobs: mpsc::Sender<ImageJob>,
     ) -> Listing {
         let mut listing = Listing::default();
+        let Some(primary) = self.primary.clone() else {
+            listing.failures.push(self.primary_failure(
+                None,
+                None,
+                "there is no primary to list (any-region mode)".to_owned(),
+            ));
+            return listing;
+        };
+        let primary = &primary;
         if let Some(repo) = only {
             listing.repositories = 1;
-            let (tags, failures) = self.list_repository(repo.to_owned(), jobs).await;
+            let (tags, failures) = self.list_repository(primary, repo.to_owned(), jobs).await;
             listing.tags = tags;
             listing.failures = failures;
             return listing;
         }
-        let repositories = match self.primary.catalog().await {
+        let repositories = match primary.catalog().await {
             Ok(r) => r,
             Err(e) => {
                 listing.failures.push(self.primary_failure(
@@ -80,26 +93,12 @@ impl Engine {
                 }
             }
         }
-        let mut wanted = Vec::new();
-        for repo in repositories {
-            if !self.filter.allows(&repo) {
-                continue;
-            }
-            match names::check_repository(&repo) {
-                Ok(()) => wanted.push(repo),
-                Err(why) => listing.failures.push(self.primary_failure(
-                    Some(repo),
-                    None,
-                    format!("skipped: {why}"),
-                )),
-            }
-        }
-        listing.repositories = wanted.len();
+        let wanted = self.wanted(repositories, &mut listing, primary.name());
 
         let mut per_repo = futures::stream::iter(wanted)
             .map(|repo| {
                 let jobs = jobs.clone();
-                async move { self.list_repository(repo, jobs).await }
+                async move { self.list_repository(primary, repo, jobs).await }
             })
             .buffer_unordered(LIST_CONCURRENCY);
         while let Some((tags, failures)) = per_repo.next().await {
@@ -113,11 +112,12 @@ impl Engine {
     /// of tags resolved and the failures.
     async fn list_repository(
         &self,
+        primary: &Registry,
         repo: String,
         jobs: mpsc::Sender<ImageJob>,
     ) -> (usize, Vec<Failure>) {
         let mut failures = Vec::new();
-        let tags = match self.primary.tags(&repo, &Scope::pull(&repo)).await {
+        let tags = match primary.tags(&repo, &Scope::pull(&repo)).await {
             Ok(t) => {
                 let t = t.unwrap_or_default();
                 for known in self.facts.primary_tags(&repo) {
@@ -150,8 +150,7 @@ impl Engine {
         let repo_ref = &repo;
         let mut resolved = futures::stream::iter(valid)
             .map(|tag| async move {
-                let head = self
-                    .primary
+                let head = primary
                     .head_manifest(repo_ref, &tag, &Scope::pull(repo_ref))
                     .await;
                 (tag, head)
@@ -186,6 +185,7 @@ impl Engine {
                 repository: repo.clone(),
                 digest,
                 tags,
+                source: Source::Primary,
             };
             // The receiver lives as long as the pass.
             if jobs.send(job).await.is_err() {
@@ -195,6 +195,35 @@ impl Engine {
         (count, failures)
     }
 
+    /// The repositories of `listed` the config selects and whose names are
+    /// valid (an invalid one is a failure of `source`, and skipped);
+    /// counted in `listing`.
+    pub(super) fn wanted(
+        &self,
+        listed: impl IntoIterator<Item = String>,
+        listing: &mut Listing,
+        source: &str,
+    ) -> Vec<String> {
+        let mut wanted = Vec::new();
+        for repo in listed {
+            if !self.filter.allows(&repo) {
+                continue;
+            }
+            match names::check_repository(&repo) {
+                Ok(()) => wanted.push(repo),
+                Err(why) => listing.failures.push(Failure {
+                    region: source.to_owned(),
+                    repository: Some(repo),
+                    tag: None,
+                    digest: None,
+                    cause: format!("skipped: {why}"),
+                }),
+            }
+        }
+        listing.repositories = wanted.len();
+        wanted
+    }
+
     fn primary_failure(
         &self,
         repository: Option<String>,
@@ -202,7 +231,11 @@ impl Engine {
         cause: String,
     ) -> Failure {
         Failure {
-            region: self.primary.name().to_owned(),
+            region: self
+                .primary
+                .as_ref()
+                .map_or("primary", |p| p.name())
+                .to_owned(),
             repository,
             tag,
             digest: None,

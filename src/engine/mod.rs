@@ -21,7 +21,9 @@ pub mod fanout;
 pub mod listing;
 pub mod locks;
 pub mod pass;
+pub mod regions;
 pub mod report;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use facts::{Facts, RegionId, RegionRepos, RepoState};
 use locks::KeyedLocks;
 pub use pass::{Pass, Priority};
 pub use report::{Failure, RegionReport, SyncReport, TagReport, TagState};
+pub use source::Source;
 
 /// Blob reads only fresh work may use, beyond `max_concurrent_blobs`.
 pub const EXPRESS_READS: usize = 2;
@@ -67,11 +70,14 @@ pub const MAX_TAG_DETAILS: usize = 1000;
 
 /// Image jobs listed but not yet started, at most.
 const JOB_QUEUE: usize = 64;
+/// Repositories listed (any-region mode) but not yet decided, at most.
+const LIST_QUEUE: usize = 8;
 
 /// The engine for one primary and its regions. Cheap to share; one per
 /// process is enough, and facts learnt in one pass speed up the next.
 pub struct Engine {
-    primary: Arc<Registry>,
+    /// The primary, in one-way mode.
+    primary: Option<Arc<Registry>>,
     regions: Vec<Arc<Registry>>,
     filter: RepositoryFilter,
     limits: Concurrency,
@@ -92,6 +98,10 @@ pub struct Engine {
     facts: Facts,
     region_repos: RegionRepos,
     counters: Vec<RegionCounters>,
+    /// Per region: people push there (any-region mode).
+    writable: Vec<bool>,
+    /// How any-region mode decides between regions.
+    rules: crate::merge::Rules,
 }
 
 /// Writes to one region, counted.
@@ -161,12 +171,14 @@ impl Engine {
 
     pub fn new(config: &Config, store: Arc<Store>) -> Engine {
         let http = http_client(&config.timeouts);
-        let primary = Arc::new(Registry::new(
-            &config.primary,
-            http.clone(),
-            config.timeouts,
-            config.max_attempts,
-        ));
+        let primary = config.primary().map(|p| {
+            Arc::new(Registry::new(
+                p,
+                http.clone(),
+                config.timeouts,
+                config.max_attempts,
+            ))
+        });
         // All regions' uploads together, when the operator caps the link
         // they share.
         let total = config
@@ -178,7 +190,8 @@ impl Engine {
             .map(|r| {
                 Arc::new(
                     Registry::new(r, http.clone(), config.timeouts, config.max_attempts)
-                        .with_shared_bytes(total.clone()),
+                        .with_shared_bytes(total.clone())
+                        .as_region(),
                 )
             })
             .collect();
@@ -205,11 +218,48 @@ impl Engine {
             manifest_locks: KeyedLocks::default(),
             facts: Facts::new(store),
             region_repos: RegionRepos::default(),
+            writable: config.regions.iter().map(|r| r.accepts_pushes).collect(),
+            rules: crate::merge::Rules {
+                order: config.conflicts.order.clone(),
+                skew_ns: config.conflicts.skew.as_nanos() as u64,
+                propagate_deletes: config.daemon.deletes == crate::config::DeletePolicy::Propagate,
+            },
         }
     }
 
-    pub fn primary(&self) -> &Arc<Registry> {
-        &self.primary
+    /// The primary, in one-way mode.
+    pub fn primary(&self) -> Option<&Arc<Registry>> {
+        self.primary.as_ref()
+    }
+
+    /// How any-region mode decides between regions.
+    pub fn rules(&self) -> &crate::merge::Rules {
+        &self.rules
+    }
+
+    /// Whether people push to region `r` (any-region mode).
+    pub fn writable(&self, r: RegionId) -> bool {
+        self.writable.get(r).copied().unwrap_or(false)
+    }
+
+    /// Every registry: the primary (if any), then the regions.
+    pub fn registries(&self) -> impl Iterator<Item = &Arc<Registry>> {
+        self.primary.iter().chain(self.regions.iter())
+    }
+
+    /// The registry a copy from `source` reads.
+    pub fn source(&self, source: Source) -> Result<&Arc<Registry>, cause::Cause> {
+        match source {
+            Source::Primary => self.primary.as_ref().ok_or_else(|| {
+                cause::Cause::permanent(
+                    "this work was queued for the primary, and the config has none now (any-region mode): \
+                     the next reconcile finds what is still missing",
+                )
+            }),
+            Source::Region(r) => self.regions.get(r).ok_or_else(|| {
+                cause::Cause::permanent(format!("no region {r} in the config"))
+            }),
+        }
     }
 
     pub fn regions(&self) -> &[Arc<Registry>] {
@@ -248,7 +298,7 @@ impl Engine {
     pub async fn sync(&self, options: SyncOptions) -> SyncReport {
         let started = Instant::now();
         let pass = &options.pass();
-        let before_primary = self.primary.stats();
+        let before_primary = self.primary.as_ref().map(|p| p.stats());
         let before: Vec<(StatsSnapshot, CopyCounts)> = (0..self.regions.len())
             .map(|r| (self.regions[r].stats(), self.copied(r)))
             .collect();
@@ -263,7 +313,25 @@ impl Engine {
         // Listing and copying run together: jobs flow through a bounded
         // queue as each repository is resolved.
         let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(JOB_QUEUE);
-        let listing = self.list_primary(jobs_tx);
+        let listing = async {
+            if self.primary.is_some() {
+                return self.list_primary(jobs_tx).await;
+            }
+            // Any-region mode: every writable region is listed, and each
+            // repository's jobs decided from what they serve.
+            let (tx, mut rx) = tokio::sync::mpsc::channel(LIST_QUEUE);
+            let deciding = async {
+                while let Some(repo) = rx.recv().await {
+                    for job in self.jobs_of(&repo, &self.rules) {
+                        if jobs_tx.send(job).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let (listing, ()) = tokio::join!(self.list_regions(None, tx), deciding);
+            listing
+        };
         let copying = async {
             let jobs = futures::stream::unfold(jobs_rx, |mut rx| async move {
                 rx.recv().await.map(|job| (job, rx))
@@ -330,10 +398,12 @@ impl Engine {
 
         // Each region's pass: a success, or its first error. Failing to read
         // the primary is every region's error.
-        let primary_error = failures
-            .iter()
-            .find(|f| f.region == self.primary.name())
-            .map(|f| format!("primary {}: {}", self.primary.name(), f.cause));
+        let primary_error = self.primary.as_ref().and_then(|p| {
+            failures
+                .iter()
+                .find(|f| f.region == p.name())
+                .map(|f| format!("primary {}: {}", p.name(), f.cause))
+        });
         for (r, reg) in self.regions.iter().enumerate() {
             let error = failures
                 .iter()
@@ -422,11 +492,22 @@ impl Engine {
         SyncReport {
             dry_run: options.dry_run,
             primary: report::PrimaryReport {
-                name: self.primary.name().to_owned(),
-                url: self.primary.url().to_owned(),
+                name: self
+                    .primary
+                    .as_ref()
+                    .map_or("any-region", |p| p.name())
+                    .to_owned(),
+                url: self
+                    .primary
+                    .as_ref()
+                    .map(|p| p.url().to_owned())
+                    .unwrap_or_default(),
                 repositories: listing.repositories,
                 tags: listing.tags,
-                requests: self.primary.stats().minus(&before_primary),
+                requests: match (&self.primary, &before_primary) {
+                    (Some(p), Some(before)) => p.stats().minus(before),
+                    _ => StatsSnapshot::default(),
+                },
             },
             regions,
             tags: tag_states
@@ -454,7 +535,7 @@ impl Engine {
     async fn one_cause_per_registry(&self, failures: Vec<Failure>) -> Vec<Failure> {
         let mut rest = failures;
         let mut out = Vec::new();
-        for reg in std::iter::once(&self.primary).chain(self.regions.iter()) {
+        for reg in self.registries() {
             if !rest.iter().any(|f| f.region == reg.name()) {
                 continue;
             }

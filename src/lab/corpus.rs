@@ -384,6 +384,20 @@ pub async fn push_image(
     layer_bytes: u64,
     seed: u64,
 ) -> Result<Manifest, RegistryError> {
+    let manifest = stage_image(registry, repository, layer_bytes, seed).await?;
+    registry.put_manifest(repository, tag, &manifest).await?;
+    Ok(manifest)
+}
+
+/// [`push_image`] but the manifest: its blobs are pushed, and the manifest
+/// is returned for the caller to put when it chooses (two regions'
+/// manifests within milliseconds of each other, say).
+pub async fn stage_image(
+    registry: &Registry,
+    repository: &str,
+    layer_bytes: u64,
+    seed: u64,
+) -> Result<Manifest, RegistryError> {
     let layer = Blob::random(seed, layer_bytes, "application/vnd.oci.image.layer.v1.tar");
     let config = Blob::fixed(
         serde_json::to_vec(&json!({
@@ -411,7 +425,6 @@ pub async fn push_image(
         bytes: Bytes::from(bytes),
         media_type: crate::registry::manifest::OCI_MANIFEST.to_owned(),
     };
-    registry.put_manifest(repository, tag, &manifest).await?;
     Ok(manifest)
 }
 

@@ -122,12 +122,14 @@ fn georep(n: &Notification) -> Value {
 
 /// One event as the distribution registry (and ACR) post them, with the
 /// region added: `action` is `push` for `replicated` and `complete`,
-/// `delete` for `deleted`, and `failed` for `failed`.
+/// `delete` for `deleted`, `failed` for `failed` and `conflict` for
+/// `conflict`.
 fn registry_event(n: &Notification) -> Value {
     let (action, method) = match n.event {
         NotifyEvent::Replicated | NotifyEvent::Complete => ("push", "PUT"),
         NotifyEvent::Deleted => ("delete", "DELETE"),
         NotifyEvent::Failed => ("failed", "PUT"),
+        NotifyEvent::Conflict => ("conflict", "PUT"),
     };
     let mut target = json!({ "repository": n.repository });
     let t = target.as_object_mut().expect("an object");

@@ -62,6 +62,8 @@ pub struct Registry {
     limits: Arc<limit::Limits>,
     /// Adapts the open-request limit to `429`s.
     aimd: aimd::Aimd,
+    /// One of the regions (not the primary), for messages.
+    region: bool,
 }
 
 /// A blob being downloaded: a stream of chunks, holding its request permit
@@ -147,7 +149,18 @@ impl Registry {
                 config.max_requests_per_sec,
                 config.max_bytes_per_sec,
             )),
+            region: false,
         }
+    }
+
+    /// This registry is one of the regions: messages call it `region NAME`.
+    pub fn as_region(mut self) -> Self {
+        self.region = true;
+        self
+    }
+
+    pub fn is_region(&self) -> bool {
+        self.region
     }
 
     /// Shares `limiter` (a cap on several registries together) with this

@@ -139,9 +139,33 @@ impl Store {
         reference: &str,
         digest: &Digest,
     ) -> Result<(), StoreError> {
+        self.record_manifest_as(r, repository, reference, digest, false)
+    }
+
+    /// Records that region `r` was found holding `digest` under
+    /// `reference` (a `HEAD`), which georep did not write.
+    pub fn record_manifest_seen(
+        &self,
+        r: RegionId,
+        repository: &str,
+        reference: &str,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        self.record_manifest_as(r, repository, reference, digest, true)
+    }
+
+    fn record_manifest_as(
+        &self,
+        r: RegionId,
+        repository: &str,
+        reference: &str,
+        digest: &Digest,
+        seen: bool,
+    ) -> Result<(), StoreError> {
         let fact = ManifestFact {
             digest: digest.clone(),
             at_ms: now_unix_ms(),
+            seen,
         };
         self.regions[r]
             .manifests

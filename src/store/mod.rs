@@ -19,6 +19,10 @@
 //! | `blobs/<region>` | digest | repositories holding it, with the time each was acknowledged (`{"a": ms}`) |
 //! | `events`, `latest`, `queue/<region>` | | the daemon's durable work, see [`queue`] |
 //! | `outbox` | | outgoing notifications not yet delivered, see [`outbox`] |
+//! | `changes`, `conflicts` | | any-region mode's changes since the base and its last conflicts, see [`merge`] |
+//!
+//! In any-region mode the `primary` tree holds the merge base: per tag, the
+//! digest every region last agreed on.
 //!
 //! A region's facts are bound to its URL: if the config points a region
 //! name at another URL, its facts are dropped when the store is opened.
@@ -26,6 +30,7 @@
 //! sled is used only here; the rest of the crate sees [`Store`].
 
 mod facts;
+pub mod merge;
 pub mod outbox;
 pub mod queue;
 mod summary;
@@ -181,6 +186,17 @@ pub struct ManifestFact {
     pub digest: Digest,
     /// When the region acknowledged it (unix milliseconds).
     pub at_ms: u64,
+    /// Only seen there (a `HEAD` found it), not written by georep: in
+    /// any-region mode, what people may have pushed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seen: bool,
+}
+
+impl ManifestFact {
+    /// What georep wrote (or the regions agreed on), not only saw.
+    pub fn written(self) -> Option<ManifestFact> {
+        (!self.seen).then_some(self)
+    }
 }
 
 /// A tag a region holds that the primary deleted.
@@ -236,6 +252,9 @@ pub struct Store {
     events: sled::Tree,
     latest: sled::Tree,
     outbox: sled::Tree,
+    /// Any-region mode: changes since the base, and the last conflicts.
+    changes: sled::Tree,
+    conflicts: sled::Tree,
     /// Entries in `outbox` (sled's `len` walks the tree).
     outbox_len: std::sync::atomic::AtomicUsize,
     regions: Vec<RegionTrees>,
@@ -379,6 +398,8 @@ impl Store {
             path: path.to_owned(),
             events: db.open_tree("events").map_err(io)?,
             latest: db.open_tree("latest").map_err(io)?,
+            changes: db.open_tree("changes").map_err(io)?,
+            conflicts: db.open_tree("conflicts").map_err(io)?,
             outbox_len: std::sync::atomic::AtomicUsize::new(outbox.len()),
             outbox,
             db,

@@ -78,6 +78,10 @@ pub struct WorkItem {
     /// A `failed` notification went out for this item.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failure_told: bool,
+    /// Any-region mode: the region the change is read from (by name);
+    /// `None`: the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The digest of a delete by tag whose digest georep never saw (the
@@ -128,6 +132,7 @@ impl WorkItem {
             last_error: None,
             parked: false,
             failure_told: false,
+            source: None,
         }
     }
 }
@@ -252,6 +257,11 @@ impl Store {
                 "queue transaction aborted".to_owned(),
             )),
         })
+    }
+
+    /// Whether event `id` was accepted before.
+    pub fn event_seen(&self, id: &str) -> bool {
+        self.events.contains_key(id.as_bytes()).unwrap_or(false)
     }
 
     /// Region `r`'s queue, in key order, at most `limit` items.

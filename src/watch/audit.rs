@@ -248,6 +248,12 @@ impl Audit {
                 .audit_stale
                 .fetch_add(stale.len() as u64, Ordering::Relaxed);
             let n = stale.len();
+            if self.intake.any_region() {
+                // What a region serves instead may be a push made there:
+                // the reconcile lists every region and decides.
+                tracing::info!(region = %region.name(), "audit: the next reconcile decides what {n} tag(s) of {repo} should be");
+                continue;
+            }
             if let Err(e) = self.intake.changes(&mut stale) {
                 tracing::warn!("audit: queueing {n} changes failed: {e:#}");
             }

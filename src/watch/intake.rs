@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::doorbell::Doorbell;
+use super::merge::{Merge, Noticed};
 use super::webhook::{Decision, Event, decide};
 use crate::background::{Activation, BackgroundTask};
 use crate::config::{DeletePolicy, RepositoryFilter};
@@ -32,6 +33,9 @@ pub struct Counts {
     pub stale: usize,
     pub ignored: usize,
     pub rejected: usize,
+    /// georep's own writes notified back (any-region mode).
+    #[serde(default)]
+    pub echo: usize,
 }
 
 impl Counts {
@@ -42,6 +46,7 @@ impl Counts {
             EventResult::Stale => self.stale += 1,
             EventResult::Ignored => self.ignored += 1,
             EventResult::Rejected => self.rejected += 1,
+            EventResult::Echo => self.echo += 1,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct Intake {
     metrics: Arc<Metrics>,
     filter: RepositoryFilter,
     deletes: DeletePolicy,
+    /// Any-region mode: a region's events are decided by the merge.
+    merge: Option<Arc<Merge>>,
 }
 
 impl Intake {
@@ -70,6 +77,7 @@ impl Intake {
         metrics: Arc<Metrics>,
         filter: RepositoryFilter,
         deletes: DeletePolicy,
+        merge: Option<Arc<Merge>>,
     ) -> Intake {
         Intake {
             store,
@@ -77,16 +85,30 @@ impl Intake {
             metrics,
             filter,
             deletes,
+            merge,
         }
     }
 
-    /// Decides each of a notification's events and queues what the regions
-    /// need; returns once every queued event is durable (DESIGN invariant
-    /// 5: the registry forgets an event once answered).
+    /// The primary's notification: see [`Intake::events_from`].
     pub async fn events(&self, events: &[Event]) -> Result<Counts, NotRecorded> {
+        self.events_from(None, events).await
+    }
+
+    /// Decides each of a notification's events — from the primary
+    /// (`None`), or from region `region` in any-region mode — and queues
+    /// what the regions need; returns once every queued event is durable
+    /// (DESIGN invariant 5: the registry forgets an event once answered).
+    pub async fn events_from(
+        &self,
+        region: Option<RegionId>,
+        events: &[Event],
+    ) -> Result<Counts, NotRecorded> {
         let mut counts = Counts::default();
         for event in events {
-            let result = self.event(event)?;
+            let result = match (region, &self.merge) {
+                (Some(r), Some(merge)) => self.region_event(merge, r, event)?,
+                _ => self.event(event)?,
+            };
             self.metrics.event(result);
             counts.add(result);
         }
@@ -101,21 +123,10 @@ impl Intake {
     }
 
     fn event(&self, event: &Event) -> Result<EventResult, NotRecorded> {
-        let (id, change) = match decide(event, &self.filter, now_unix_ms()) {
-            Decision::Ignore(why) => {
-                tracing::debug!(
-                    id = event.id.as_deref().unwrap_or(""),
-                    "event ignored: {why}"
-                );
-                return Ok(EventResult::Ignored);
-            }
-            Decision::Reject(why) => {
-                tracing::warn!("notification event rejected: {why}");
-                return Ok(EventResult::Rejected);
-            }
-            Decision::Queue { id, change } => (id, change),
+        let (id, mut change) = match self.decided(event) {
+            Ok(decided) => decided,
+            Err(result) => return Ok(result),
         };
-        let mut change = change;
         if change.item.action == Action::Delete {
             self.deleted_on_primary(&mut change);
         }
@@ -169,6 +180,97 @@ impl Intake {
         }
     }
 
+    /// The event's id and change, or what became of it when it asks for
+    /// nothing (ignored, logged at debug) or is malformed (rejected,
+    /// warned).
+    fn decided(&self, event: &Event) -> Result<(String, Change), EventResult> {
+        match decide(event, &self.filter, now_unix_ms()) {
+            Decision::Ignore(why) => {
+                tracing::debug!(
+                    id = event.id.as_deref().unwrap_or(""),
+                    "event ignored: {why}"
+                );
+                Err(EventResult::Ignored)
+            }
+            Decision::Reject(why) => {
+                tracing::warn!("notification event rejected: {why}");
+                Err(EventResult::Rejected)
+            }
+            Decision::Queue { id, change } => Ok((id, *change)),
+        }
+    }
+
+    /// One event of region `r` (any-region mode): georep's own writes are
+    /// echoes; people's changes go to the merge, which decides for every
+    /// region.
+    fn region_event(
+        &self,
+        merge: &Merge,
+        r: RegionId,
+        event: &Event,
+    ) -> Result<EventResult, NotRecorded> {
+        let (id, change) = match self.decided(event) {
+            Ok(decided) => decided,
+            Err(result) => return Ok(result),
+        };
+        if self.store.event_seen(&id) {
+            return Ok(EventResult::Duplicate);
+        }
+        let not_recorded = |source: StoreError| {
+            tracing::error!("cannot record event {id}: {source:#}");
+            NotRecorded { source }
+        };
+        let noticed = if merge.is_echo(r, event) {
+            if change.item.action == Action::Copy && !change.reference.contains(':') {
+                merge
+                    .echoed(
+                        r,
+                        &change.repository,
+                        &change.reference,
+                        &change.item.digest,
+                        Some(change.item.event_ns),
+                    )
+                    .map_err(not_recorded)?;
+            }
+            Noticed::Echo
+        } else {
+            let repo = &change.repository;
+            let item = &change.item;
+            let by_digest = change.reference.contains(':');
+            let at = Some(item.event_ns);
+            match (item.action, by_digest) {
+                (Action::Copy, false) => merge.tag_changed(
+                    r,
+                    repo,
+                    &change.reference,
+                    Some(&item.digest),
+                    at,
+                    Origin::Event,
+                ),
+                (Action::Copy, true) => {
+                    merge.digest_pushed(r, repo, &item.digest, item.event_ns, Origin::Event)
+                }
+                (Action::Delete, false) => {
+                    merge.tag_changed(r, repo, &change.reference, None, at, Origin::Event)
+                }
+                (Action::Delete, true) => {
+                    merge.digest_deleted(r, repo, &item.digest, item.event_ns)
+                }
+            }
+            .map_err(not_recorded)?
+        };
+        // Recorded after its effect: a crash in between redelivers it, and
+        // deciding again is harmless.
+        self.store.accept(Some(&id), &[]).map_err(not_recorded)?;
+        Ok(match noticed {
+            Noticed::Echo => {
+                tracing::debug!(%id, repository = %change.repository, reference = %change.reference, "echo of georep's own write");
+                EventResult::Echo
+            }
+            Noticed::Queued => EventResult::Queued,
+        })
+    }
+
     /// A delete on the primary is a fact about the primary, whatever the
     /// policy: its tags are tombstoned in the store (so no status counts
     /// them missing in a region), and a delete by tag takes the digest the
@@ -213,6 +315,12 @@ impl Intake {
         batch.clear();
         self.doorbell.ring();
         accepted.map(|_| n)
+    }
+
+    /// Whether the regions accept pushes (any-region mode): changes are the
+    /// merge's to decide.
+    pub fn any_region(&self) -> bool {
+        self.merge.is_some()
     }
 
     /// Whether deletes on the primary are carried to the regions.
@@ -327,6 +435,7 @@ mod tests {
             Arc::new(Metrics::new(2)),
             RepositoryFilter::default(),
             deletes,
+            None,
         );
         (dir, intake, doorbell)
     }

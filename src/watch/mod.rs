@@ -7,6 +7,8 @@
 pub mod audit;
 pub mod doorbell;
 pub mod intake;
+pub mod merge;
+pub mod poll_regions;
 pub mod poller;
 pub mod probe;
 pub mod webhook;

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::Only;
 use super::intake::Intake;
+use super::merge::Merge;
 use crate::background::{Activation, BackgroundTask};
 use crate::config::RepositoryFilter;
 use crate::digest::Digest;
@@ -56,6 +57,9 @@ pub struct Reconcile {
     pub metrics: Arc<Metrics>,
     /// Repositories the config selects (others are left alone).
     pub filter: RepositoryFilter,
+    /// Any-region mode: every writable region is listed and the merge
+    /// decides ([`Reconcile::run_regions`]).
+    pub merge: Option<Arc<Merge>>,
 }
 
 /// The diff of one listed image: a backfill change per tag, naming the
@@ -105,7 +109,9 @@ impl Reconcile {
     /// really gone?) and per manifest.
     async fn left_in_regions(&self, scope: &Only) -> (BTreeMap<String, usize>, usize) {
         let store = self.engine.store();
-        let primary = self.engine.primary();
+        let Some(primary) = self.engine.primary() else {
+            return (BTreeMap::new(), 0);
+        };
         let mut on_primary: HashMap<(String, Digest), bool> = HashMap::new();
         let mut counts = BTreeMap::new();
         let mut queued = 0;
@@ -195,6 +201,71 @@ impl Reconcile {
     }
 }
 
+impl Reconcile {
+    /// The start of every reconcile: the parked items it covers are tried
+    /// again, and the regions' listings are asked anew. Returns the
+    /// region `only` names, if it does.
+    pub(super) fn begin(&self, only: &Only) -> Option<usize> {
+        let region_id = only
+            .region
+            .as_deref()
+            .and_then(|name| self.engine.regions().iter().position(|r| r.name() == name));
+        match self.intake.unpark(region_id, only.repository.as_deref()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(items = n, "reconcile: retrying parked items"),
+            Err(e) => tracing::warn!("reconcile: waking parked items failed: {e:#}"),
+        }
+        self.engine.forget_listings();
+        region_id
+    }
+
+    /// The end of every reconcile: the queue made durable, counted, logged;
+    /// the first listing failure (of `listed`) is its error.
+    pub(super) async fn conclude(
+        &self,
+        listing: &crate::engine::listing::Listing,
+        queued: usize,
+        listed: &str,
+    ) -> Option<String> {
+        if let Err(e) = self.intake.flush().await {
+            tracing::warn!("reconcile: flushing the store failed: {e:#}");
+        }
+        let error = listing.failures.first().map(|f| {
+            let region = if f.region.is_empty() || listed == "the primary" {
+                String::new()
+            } else {
+                format!("{}: ", f.region)
+            };
+            format!(
+                "{region}{}{}: {}",
+                f.repository.as_deref().unwrap_or(""),
+                f.tag
+                    .as_deref()
+                    .map(|t| format!(":{t}"))
+                    .unwrap_or_default(),
+                f.cause
+            )
+        });
+        self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = &error {
+            self.metrics
+                .reconcile_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                failures = listing.failures.len(),
+                "reconcile: listing {listed} was incomplete: {e}"
+            );
+        }
+        tracing::info!(
+            repositories = listing.repositories,
+            tags = listing.tags,
+            queued,
+            "reconcile done"
+        );
+        error
+    }
+}
+
 impl BackgroundTask for Reconcile {
     type Report = ReconcileReport;
     const NAME: &'static str = "reconcile";
@@ -208,17 +279,10 @@ impl Reconcile {
     /// One reconcile of what `only` covers (everything, periodically; one
     /// region or repository when an operator asks).
     pub async fn run(&self, only: &Only) -> Activation<ReconcileReport> {
-        let region_id = only
-            .region
-            .as_deref()
-            .and_then(|name| self.engine.regions().iter().position(|r| r.name() == name));
-        match self.intake.unpark(region_id, only.repository.as_deref()) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(items = n, "reconcile: retrying parked items"),
-            Err(e) => tracing::warn!("reconcile: waking parked items failed: {e:#}"),
+        if let Some(merge) = &self.merge {
+            return self.run_regions(merge, only).await;
         }
-        self.engine.forget_listings();
-
+        let region_id = self.begin(only);
         let regions = self.engine.regions().len();
         let store = self.engine.store();
         let (tx, mut rx) = mpsc::channel(64);
@@ -247,36 +311,7 @@ impl Reconcile {
         };
         let (listing, queued) = tokio::join!(listing, queueing);
         let (only_in_region, deletes_queued) = self.left_in_regions(only).await;
-        if let Err(e) = self.intake.flush().await {
-            tracing::warn!("reconcile: flushing the store failed: {e:#}");
-        }
-        let error = listing.failures.first().map(|f| {
-            format!(
-                "{}{}: {}",
-                f.repository.as_deref().unwrap_or(""),
-                f.tag
-                    .as_deref()
-                    .map(|t| format!(":{t}"))
-                    .unwrap_or_default(),
-                f.cause
-            )
-        });
-        self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = &error {
-            self.metrics
-                .reconcile_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                failures = listing.failures.len(),
-                "reconcile: listing the primary was incomplete: {e}"
-            );
-        }
-        tracing::info!(
-            repositories = listing.repositories,
-            tags = listing.tags,
-            queued,
-            "reconcile done"
-        );
+        let error = self.conclude(&listing, queued, "the primary").await;
         Activation {
             report: ReconcileReport {
                 tags: listing.tags,
@@ -315,6 +350,7 @@ mod tests {
             repository: "app".into(),
             digest: new.clone(),
             tags: vec!["v1".into(), "v2".into()],
+            source: crate::engine::Source::Primary,
         };
         let changes = behind(&store, 3, &job, 7);
         assert_eq!(changes.len(), 1, "v2 is everywhere");

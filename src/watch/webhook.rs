@@ -45,6 +45,38 @@ pub struct Event {
     pub action: Option<String>,
     #[serde(default)]
     pub target: Option<Target>,
+    /// Who made the change (`actor.name`: the account).
+    #[serde(default)]
+    pub actor: Option<Actor>,
+    /// The request that made it (`request.useragent`).
+    #[serde(default)]
+    pub request: Option<Request>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Actor {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Request {
+    #[serde(default)]
+    pub useragent: Option<String>,
+}
+
+impl Event {
+    /// Whether georep itself made this change: its user agent, or the
+    /// account it writes to that registry with (`account`).
+    pub fn by_georep(&self, account: Option<&str>) -> bool {
+        let agent = self
+            .request
+            .as_ref()
+            .and_then(|r| r.useragent.as_deref())
+            .unwrap_or("");
+        let actor = self.actor.as_ref().and_then(|a| a.name.as_deref());
+        agent.starts_with("georep/") || (account.is_some() && actor == account)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,7 +105,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, String> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Queue this change for every region (a copy, or a delete).
-    Queue { id: String, change: Change },
+    Queue { id: String, change: Box<Change> },
     /// Nothing to do (a pull, a blob, a mount, a filtered repository...).
     Ignore(&'static str),
     /// Malformed: logged and counted, never retried by the registry (a
@@ -166,7 +198,7 @@ pub fn decide(event: &Event, filter: &RepositoryFilter, now_ms: u64) -> Decision
     };
     Decision::Queue {
         id: id.to_owned(),
-        change: Change {
+        change: Box::new(Change {
             repository: repository.to_owned(),
             reference,
             item: WorkItem {
@@ -175,7 +207,7 @@ pub fn decide(event: &Event, filter: &RepositoryFilter, now_ms: u64) -> Decision
                 ..WorkItem::new(action, digest, Origin::Event, event_ns, now_ms)
             },
             regions: None,
-        },
+        }),
     }
 }
 

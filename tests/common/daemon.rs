@@ -350,8 +350,16 @@ impl Drop for DaemonProc {
         // A failing test shows what the daemon said.
         if std::thread::panicking() {
             eprintln!(
-                "--- daemon log (tail):\n{}",
-                super::tail(&self.log_text(), 60)
+                "--- daemon log (tail, the probe's lines left out):\n{}",
+                super::tail(
+                    &self
+                        .log_text()
+                        .lines()
+                        .filter(|l| !l.contains("task=\"probe\""))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    80
+                )
             );
         }
         // An in-process daemon is told to stop; its thread ends by itself
@@ -362,4 +370,33 @@ impl Drop for DaemonProc {
             let _ = stop.send(());
         }
     }
+}
+
+/// Outgoing notifications received by a test endpoint.
+pub async fn notification_sink() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    notification_sink_on(l)
+}
+
+/// A notification sink on `l`.
+pub fn notification_sink_on(
+    l: tokio::net::TcpListener,
+) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let got = got.clone();
+            move |axum::Json(v): axum::Json<serde_json::Value>| {
+                let got = got.clone();
+                async move {
+                    got.lock().unwrap().push(v);
+                    "ok"
+                }
+            }
+        }),
+    );
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, got)
 }

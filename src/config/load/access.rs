@@ -103,6 +103,10 @@ impl Validator<'_> {
         };
         // Configured, but its secret not loaded (`load_without_secrets`).
         let credentials_withheld = r.credentials.is_some() && credentials.is_none();
+        let webhook_auth = r
+            .webhook_auth
+            .as_ref()
+            .and_then(|a| self.http_auth(a, &format!("webhook_auth of {role} {name:?}")));
         Some(RegistryConfig {
             name: name.to_owned(),
             url,
@@ -113,6 +117,9 @@ impl Validator<'_> {
             max_requests_per_sec,
             max_bytes_per_sec,
             insecure,
+            // The mode decides (see `Validator::mode`).
+            accepts_pushes: false,
+            webhook_auth,
             client,
         })
     }
@@ -442,7 +449,7 @@ mod tests {
         );
         let env = |k: &str| (k == "PRIMARY_PW").then(|| "s3cret".to_owned());
         let c = load_str(Path::new("c.yaml"), &text, &env).unwrap();
-        let creds = c.primary.credentials.unwrap();
+        let creds = c.primary.unwrap().credentials.unwrap();
         assert_eq!(
             creds,
             Credentials::Basic {
@@ -469,7 +476,8 @@ mod tests {
         };
         let env = |k: &str| (k == "TOK").then(|| "t0k".to_owned());
         let load = |creds: &str| {
-            load_str(Path::new("c.yaml"), &with(creds), &env).map(|c| c.primary.credentials)
+            load_str(Path::new("c.yaml"), &with(creds), &env)
+                .map(|c| c.primary.unwrap().credentials)
         };
         assert_eq!(
             load("    token_env: TOK\n").unwrap(),

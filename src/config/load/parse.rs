@@ -19,8 +19,10 @@ pub const KEYS: &[(&str, &[&str])] = &[
         "",
         &[
             "state_dir",
+            "mode",
             "primary",
             "regions",
+            "conflicts",
             "repositories",
             "concurrency",
             "timeouts",
@@ -49,8 +51,11 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "max_bytes_per_sec",
             "tls",
             "insecure",
+            "accepts_pushes",
+            "webhook_auth",
         ],
     ),
+    ("conflicts", &["order", "skew_ms"]),
     (
         "credentials",
         &[
@@ -86,7 +91,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("webhook", &["max_body_bytes", "auth"]),
     ("api", &["auth"]),
     (
-        "webhook.auth / api.auth",
+        "webhook.auth / api.auth / regions[].webhook_auth",
         &[
             "bearer_token_env",
             "bearer_token_file",

@@ -118,7 +118,15 @@ pub async fn run(plan_path: &Path) -> anyhow::Result<ChildResult> {
 async fn raw(config: &Config, blobs: &[RawBlob], concurrency: usize) -> ChildResult {
     let http = http_client(&config.timeouts);
     let client = |r| Registry::new(r, http.clone(), config.timeouts, config.max_attempts);
-    let primary = client(&config.primary);
+    let Some(primary) = config.primary() else {
+        return ChildResult {
+            failures: vec![
+                "the raw copy reads a primary: the benchmark needs a one-way config".to_owned(),
+            ],
+            ..ChildResult::default()
+        };
+    };
+    let primary = client(primary);
     let regions: Vec<Registry> = config.regions.iter().map(client).collect();
     let moved = AtomicU64::new(0);
     let started = Instant::now();

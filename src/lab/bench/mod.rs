@@ -270,6 +270,27 @@ pub fn client(url: &str) -> Result<Registry, url::ParseError> {
     ))
 }
 
+/// A client that pushes as people do: with another user agent than
+/// georep's (in any-region mode georep takes events made with its own as
+/// its own writes).
+pub fn people_client(url: &str) -> Result<Registry, url::ParseError> {
+    let t = Timeouts::default();
+    let http = reqwest::Client::builder()
+        .user_agent(PEOPLE_USER_AGENT)
+        .connect_timeout(t.connect)
+        .build()
+        .unwrap_or_default();
+    Ok(Registry::new(
+        &RegistryConfig::new("people", url)?,
+        http,
+        t,
+        crate::config::DEFAULT_MAX_ATTEMPTS,
+    ))
+}
+
+/// The user agent of [`people_client`]: Docker's shape.
+pub const PEOPLE_USER_AGENT: &str = "docker/27.4.0 go/go1.22.10 (georep lab)";
+
 /// Runs `georep sync --json` (the binary at `georep`) on `config`; returns
 /// the wall time and the parsed report. `GEOREP_LOG` is passed through
 /// (default `warn`); with `GEOREP_BENCH_LOG` set, stderr is appended there.

@@ -302,7 +302,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             Some(p) => p.display().to_string(),
             None => "local registries".to_owned(),
         },
-        primary: config.primary.display_url(),
+        primary: config
+            .primary()
+            .map_or_else(|| "(any-region)".to_owned(), |p| p.display_url()),
         regions: config.regions.iter().map(|r| r.name.clone()).collect(),
         corpus: CorpusSummary {
             name: opts.corpus_name.clone(),

@@ -50,8 +50,11 @@ pub fn invocations(
     repositories: &[String],
     authfile: Option<&Path>,
 ) -> anyhow::Result<Vec<Vec<Invocation>>> {
-    let src_host = reference_host(&config.primary.url)
-        .with_context(|| format!("primary {}", config.primary.name))?;
+    let primary = config
+        .primary()
+        .context("skopeo copies from a primary: the benchmark needs a one-way config")?;
+    let src_host =
+        reference_host(&primary.url).with_context(|| format!("primary {}", primary.name))?;
     let mut out = Vec::new();
     for region in &config.regions {
         let dest_host =
@@ -77,7 +80,7 @@ pub fn invocations(
             ]
             .map(String::from)
             .to_vec();
-            args.push(format!("--src-tls-verify={}", tls(&config.primary)));
+            args.push(format!("--src-tls-verify={}", tls(primary)));
             args.push(format!("--dest-tls-verify={}", tls(region)));
             if let Some(a) = authfile {
                 args.push(format!("--src-authfile={}", a.display()));
@@ -104,7 +107,7 @@ fn tls(r: &RegistryConfig) -> bool {
 /// credentials; `None` when no registry has any.
 pub fn write_authfile(config: &Config, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     let mut auths = serde_json::Map::new();
-    for r in std::iter::once(&config.primary).chain(&config.regions) {
+    for r in config.registries() {
         let entry = match &r.credentials {
             None => continue,
             Some(Credentials::Basic { username, password }) => {

@@ -62,6 +62,12 @@ impl Target {
     /// The registries of the config at `path`.
     pub fn configured(path: &Path) -> anyhow::Result<Target> {
         let config = crate::config::load(path)?;
+        if config.primary().is_none() {
+            anyhow::bail!(
+                "{}: `georep bench --config` measures copies from a primary; an any-region config has none (the any-region figures are in benches/)",
+                path.display()
+            );
+        }
         Ok(Target {
             config,
             local: None,
@@ -86,7 +92,10 @@ impl Target {
         let c = self.config();
         let http = http_client(&c.timeouts);
         let client = |r| Registry::new(r, http.clone(), c.timeouts, c.max_attempts);
-        (client(&c.primary), c.regions.iter().map(client).collect())
+        let primary = c
+            .primary()
+            .expect("a benchmark target is one-way (checked when it was made)");
+        (client(primary), c.regions.iter().map(client).collect())
     }
 
     /// Empties every region of the corpus: local registries restart with
