@@ -162,9 +162,14 @@ impl Engine {
                         .and_then(|f| f.written())
                         .map(|f| f.digest);
                     match l {
+                        // No tag where georep never knew the region to
+                        // hold it is a region behind, not a delete.
                         Some(now) => Site {
                             current: now.clone(),
-                            change: (*now != base && *now != wrote).then(|| Change {
+                            change: (*now != base
+                                && *now != wrote
+                                && (now.is_some() || wrote.is_some()))
+                            .then(|| Change {
                                 digest: now.clone(),
                                 at_ns: None,
                             }),

@@ -313,9 +313,11 @@ impl Merge {
                 .map(|f| f.digest);
             // What is there is georep's own doing: a digest it wrote or
             // knows there, or no tag where it was deleting it.
+            // No tag where georep never knew the region to hold it (a
+            // region added since, say) is a region behind, not a delete.
             let own = match now {
                 Some(d) => wrote.as_ref() == Some(d),
-                None => matches!(changes.target, Some(Target { digest: None })),
+                None => wrote.is_none() || matches!(changes.target, Some(Target { digest: None })),
             };
             let known = changes.regions.get(name);
             match known {
@@ -630,5 +632,104 @@ fn host_of(url: &url::Url) -> String {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::queue::Action;
+
+    fn merge(deletes: &str) -> (tempfile::TempDir, Merge, Arc<Store>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let yaml = format!(
+            "state_dir: ./s\nmode: any-region\ndeletes:\n  policy: {deletes}\nregions:\n  - name: a\n    url: http://127.0.0.1:1\n  - name: b\n    url: http://127.0.0.1:2\n  - name: c\n    url: http://127.0.0.1:3\n"
+        );
+        let config =
+            crate::config::load_str(&dir.path().join("g.yaml"), &yaml, &|_| None).expect("config");
+        let names: Vec<(String, String)> = config
+            .regions
+            .iter()
+            .map(|r| (r.name.clone(), r.display_url()))
+            .collect();
+        let store = Arc::new(Store::open(&dir.path().join("store"), &names).expect("store"));
+        let rules = Rules {
+            order: config.conflicts.order.clone(),
+            skew_ns: 0,
+            propagate_deletes: deletes == "propagate",
+        };
+        let merge = Merge::new(
+            &config,
+            store.clone(),
+            Arc::new(Doorbell::new(3)),
+            Arc::new(Metrics::new(3)),
+            Arc::new(Notifier::new(&config, store.clone())),
+            rules,
+        );
+        (dir, merge, store)
+    }
+
+    fn d(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    #[test]
+    fn a_region_that_never_held_a_tag_is_behind_not_a_delete() {
+        let (_dir, merge, store) = merge("propagate");
+        // a and b agreed on d(1); c was added since and holds nothing.
+        for r in 0..2 {
+            store.record_manifest(r, "app", "v1", &d(1)).expect("fact");
+        }
+        store.agree("app", "v1", Some(&d(1))).expect("base");
+        let listed = [Some(Some(d(1))), Some(Some(d(1))), Some(None)];
+        assert!(merge.observed("app", "v1", &listed, 0).expect("decided"));
+        let item = store
+            .queued_item(2, "app", "v1")
+            .expect("c gets the tag")
+            .item;
+        assert_eq!(
+            (item.action, item.digest, item.source.as_deref()),
+            (Action::Copy, d(1), Some("a"))
+        );
+        assert!(!store.has_item(0, "app", "v1") && !store.has_item(1, "app", "v1"));
+
+        // b's tag gone where georep knew it: people deleted it, and the
+        // delete goes everywhere.
+        let listed = [Some(Some(d(1))), Some(None), Some(None)];
+        assert!(merge.observed("app", "v1", &listed, 0).expect("decided"));
+        let item = store.queued_item(0, "app", "v1").expect("a deletes").item;
+        assert_eq!(item.action, Action::Delete);
+        assert!(
+            !store.has_item(1, "app", "v1"),
+            "b has nothing left to delete"
+        );
+    }
+
+    #[test]
+    fn echoes_are_known_by_the_written_digest_and_nothing_new_writes_nothing() {
+        let (_dir, merge, store) = merge("ignore");
+        store.record_manifest(1, "app", "v1", &d(1)).expect("fact");
+        let echo = merge
+            .tag_changed(1, "app", "v1", Some(&d(1)), Some(5), Origin::Event)
+            .expect("noticed");
+        assert_eq!(echo, Noticed::Echo);
+        // A digest georep only saw there (a HEAD) is no proof of its own
+        // write: people's push of it is a change.
+        store
+            .record_manifest_seen(2, "app", "v2", &d(2))
+            .expect("seen");
+        let push = merge
+            .tag_changed(2, "app", "v2", Some(&d(2)), Some(6), Origin::Event)
+            .expect("noticed");
+        assert_eq!(push, Noticed::Queued);
+        assert!(store.has_item(0, "app", "v2") && store.has_item(1, "app", "v2"));
+        // Everyone agreeing on the base: a reconcile writes nothing.
+        for r in 0..3 {
+            store.record_manifest(r, "app", "v3", &d(3)).expect("fact");
+        }
+        store.agree("app", "v3", Some(&d(3))).expect("base");
+        let listed = [Some(Some(d(3))), Some(Some(d(3))), Some(Some(d(3)))];
+        assert!(!merge.observed("app", "v3", &listed, 0).expect("decided"));
+        assert!(store.changed_tags().iter().all(|(_, t)| t != "v3"));
     }
 }
