@@ -237,11 +237,6 @@ impl Engine {
         &self.rules
     }
 
-    /// Whether people push to region `r` (any-region mode).
-    pub fn writable(&self, r: RegionId) -> bool {
-        self.writable.get(r).copied().unwrap_or(false)
-    }
-
     /// Every registry: the primary (if any), then the regions.
     pub fn registries(&self) -> impl Iterator<Item = &Arc<Registry>> {
         self.primary.iter().chain(self.regions.iter())

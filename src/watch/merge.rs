@@ -92,11 +92,6 @@ impl Merge {
         }
     }
 
-    /// Whether region `r` accepts pushes (its notifications are changes).
-    pub fn writable(&self, r: RegionId) -> bool {
-        self.members.get(r).is_some_and(|m| m.writable)
-    }
-
     /// Whether `event` from region `r` is georep's own write.
     pub fn is_echo(&self, r: RegionId, event: &Event) -> bool {
         event.by_georep(self.members[r].account.as_deref())
@@ -267,12 +262,12 @@ impl Merge {
         digest: &Digest,
         at_ns: u64,
     ) -> Result<Noticed, StoreError> {
+        let _one = self.lock.locked();
         // Gone there, with its tags: whatever georep knew of them.
         self.store.forget_manifest_and_tags(r, repository, digest)?;
         if !self.rules.propagate_deletes {
             return Ok(Noticed::Queued);
         }
-        let _one = self.lock.locked();
         let now = now_unix_ms();
         let items: Vec<Option<WorkItem>> = (0..self.members.len())
             .map(|x| {
@@ -311,10 +306,10 @@ impl Merge {
                 .manifest(r, repository, tag)
                 .and_then(|f| f.written())
                 .map(|f| f.digest);
-            // What is there is georep's own doing: a digest it wrote or
-            // knows there, or no tag where it was deleting it.
-            // No tag where georep never knew the region to hold it (a
-            // region added since, say) is a region behind, not a delete.
+            // What is there is georep's own doing: a digest it wrote
+            // there, or no tag where it was deleting it. No tag where
+            // georep never knew the region to hold one (a region added
+            // since, say) is a region behind, not a delete.
             let own = match now {
                 Some(d) => wrote.as_ref() == Some(d),
                 None => wrote.is_none() || matches!(changes.target, Some(Target { digest: None })),
