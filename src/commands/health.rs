@@ -12,7 +12,7 @@ pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitStatus> {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
         (None, Some(path)) => {
             let config = crate::config::load_without_secrets(path)?;
-            super::status::daemon_base(&config)
+            daemon_base(&config)
         }
         (None, None) => anyhow::bail!("give --config or --url"),
     };
@@ -35,6 +35,12 @@ pub async fn run(args: &HealthArgs) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Failure)
         }
     }
+}
+
+/// The daemon's base URL on this machine, from its `listen` (checked by
+/// the loader).
+pub fn daemon_base(config: &crate::config::Config) -> String {
+    format!("http://{}", local_address(&config.daemon.listen))
 }
 
 /// Where to reach a daemon listening on `listen`: a wildcard address

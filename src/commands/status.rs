@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::cli::StatusArgs;
 use crate::commands::ExitStatus;
+use crate::commands::health::daemon_base;
 use crate::config::{self, Config};
 use crate::engine::Engine;
 use crate::registry::check::{Health, ProblemKind};
@@ -19,15 +20,6 @@ use crate::store::now_unix;
 
 /// How long `georep status` waits for the registries' answers.
 const CHECK_WAIT: Duration = Duration::from_secs(10);
-
-/// The daemon's base URL on this machine, from its `listen` (checked by
-/// the loader): a wildcard address is reached on loopback.
-pub fn daemon_base(config: &Config) -> String {
-    format!(
-        "http://{}",
-        super::health::local_address(&config.daemon.listen)
-    )
-}
 
 /// A request to the daemon's API with its credentials (`api.auth`).
 pub fn daemon_request(

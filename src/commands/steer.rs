@@ -6,7 +6,8 @@ use anyhow::Context;
 use crate::api::steer::{AuditAnswer, ReconcileAnswer, RetryAnswer};
 use crate::cli::SteerArgs;
 use crate::commands::ExitStatus;
-use crate::commands::status::{daemon_base, daemon_request};
+use crate::commands::health::daemon_base;
+use crate::commands::status::daemon_request;
 
 /// POSTs to the daemon's `path` with the scope of `args`; its JSON answer.
 async fn ask<T: serde::de::DeserializeOwned>(
