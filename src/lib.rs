@@ -43,6 +43,7 @@
 pub mod api;
 pub mod background;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod daemon;
