@@ -99,9 +99,10 @@ impl Membership {
             .unwrap_or_default();
         let client = Etcd::new(&settings.endpoints, http);
         let watcher = Etcd::new(&settings.endpoints, streaming);
+        let sent = Instant::now();
         let lease = grant(&client, &settings).await?;
         let shared = Arc::new(Mutex::new(Shared {
-            renewed: Some(Instant::now()),
+            renewed: Some(sent),
             standing: Standing {
                 etcd_reachable: true,
                 lease: Some(lease),
@@ -213,9 +214,11 @@ async fn keep_alive(
         s.standing.etcd_reachable = false;
         s.standing.problem = Some(why);
     };
-    let confirmed = |lease: i64| {
+    // The lease's new life counts from when the renewal was sent, not
+    // answered: etcd restarted it somewhere in between.
+    let confirmed = |lease: i64, sent: Instant| {
         let mut s = shared.locked();
-        s.renewed = Some(Instant::now());
+        s.renewed = Some(sent);
         s.standing = Standing {
             etcd_reachable: true,
             lease: Some(lease),
@@ -223,12 +226,13 @@ async fn keep_alive(
         };
     };
     loop {
+        let sent = Instant::now();
         match client.keep_alive(lease).await {
             Ok(ttl) if ttl > 0 => {
                 if shared.locked().standing.problem.is_some() {
                     tracing::info!(instance = %settings.instance_id, "etcd: the lease is renewed again");
                 }
-                confirmed(lease);
+                confirmed(lease, sent);
             }
             // The lease is gone (it expired while etcd was away): a new one,
             // and the member key again.
@@ -236,7 +240,7 @@ async fn keep_alive(
                 Ok(new) => {
                     tracing::warn!(instance = %settings.instance_id, old = lease, new, "etcd: the lease had expired; joined again with a new one");
                     lease = new;
-                    confirmed(lease);
+                    confirmed(lease, sent);
                 }
                 Err(e) => trouble(format!("{e}")),
             },
