@@ -681,3 +681,58 @@ async fn a_sync_pass_spreads_every_region_s_tags_and_records_the_agreement() {
 fn free_port() -> u16 {
     georep::lab::localreg::free_port().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_found_by_polling_goes_with_its_manifest_where_tags_cannot_go_alone() {
+    // No notifications: only the reconcile sees the delete, and the
+    // registries (2.x) cannot delete a tag alone.
+    let regions = Regions::start(None).await;
+    let (listener, port) = bound();
+    let config = regions.config(
+        port,
+        "poll_interval_secs: 2\ndeletes:\n  policy: propagate\n",
+    );
+    let daemon = DaemonProc::in_process(&config, listener, &[]).await;
+    let m = push_image(&pusher(&regions.url(0)), "polled/app", "v1", 64 * 1024, 50)
+        .await
+        .unwrap();
+    // Another tag on another manifest, and a manifest with two tags: the
+    // latter is kept (deleting it would take the other tag too).
+    let shared = push_image(&pusher(&regions.url(0)), "polled/app", "a", 64 * 1024, 51)
+        .await
+        .unwrap();
+    pusher(&regions.url(0))
+        .put_manifest("polled/app", "b", &shared)
+        .await
+        .unwrap();
+    everywhere(&regions, "polled/app", "v1", &m.digest).await;
+    everywhere(&regions, "polled/app", "b", &shared.digest).await;
+    settled(&daemon).await;
+    // Let a reconcile record that every region agrees.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pusher(&regions.url(1))
+        .delete_manifest("polled/app", m.digest.as_str())
+        .await
+        .unwrap();
+    for (name, reg) in NAMES.iter().zip(&regions.regs) {
+        let url = reg.url();
+        wait_for(
+            &format!("v1 gone in {name}"),
+            Duration::from_secs(30),
+            async || serves(&url, "polled/app", "v1").await.is_none(),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        assert_eq!(
+            serves(&regions.url(i), "polled/app", "b").await,
+            Some(shared.digest.clone())
+        );
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("deleted polled/app:v1 with its manifest"),
+        "{}",
+        tail(&log, 40)
+    );
+}

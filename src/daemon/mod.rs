@@ -10,6 +10,7 @@
 //! only what it needs, before anything runs; then [`Daemon::run`] spawns
 //! the tasks and returns after a graceful drain.
 
+mod lone_tag;
 pub mod schedule;
 pub mod status;
 pub mod steer;

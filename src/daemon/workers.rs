@@ -157,6 +157,14 @@ impl Workers {
         }
     }
 
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The work in flight, for the status.
     pub fn in_flight(&self) -> Arc<InFlight> {
         self.in_flight.clone()
@@ -537,6 +545,23 @@ async fn delete(w: &Workers, r: RegionId, repository: &str, reference: &str) -> 
                             region.name()
                         ),
                         told: false,
+                    }
+                }
+                // Any-region mode: with its manifest, when nothing else
+                // there points at it.
+                Ok(Some(h)) if w.merge.is_some() => {
+                    match super::lone_tag::delete_with_manifest(
+                        w, r, repository, reference, &h.digest,
+                    )
+                    .await
+                    {
+                        super::lone_tag::LoneTag::Deleted => Outcome::Deleted(Some(h.digest)),
+                        super::lone_tag::LoneTag::Wait { wait_ms, why } => Outcome::Deferred {
+                            wait: Duration::from_millis(wait_ms),
+                            why,
+                            told: true,
+                        },
+                        super::lone_tag::LoneTag::Failed(cause) => Outcome::Failed(cause),
                     }
                 }
                 Ok(Some(h)) => Outcome::Failed(Cause {
