@@ -66,7 +66,8 @@ pub fn summary(c: &Config) -> String {
             .map(|&i| c.regions[i].name.as_str())
             .collect();
         out.push_str(&format!(
-            "  any-region: each writable region notifies {{listen}}/v1/notifications/<region>; conflicts: the later push wins, pushes within {} ms go to the first of {}\n",
+            "  any-region: each writable region notifies http://{}/v1/notifications/<region>; conflicts: the later push wins, pushes within {} ms go to the first of {}\n",
+            c.daemon.listen,
             c.conflicts.skew.as_millis(),
             order.join(", ")
         ));
