@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use georep::lab::bench::{LocalSetup, client, raw_copy_image};
+use georep::lab::bench::{LocalSetup, client, percentile, raw_copy_image};
 use georep::lab::corpus::push_image;
 use georep::lab::localreg::{LocalNotify, LocalOptions, free_port};
 
@@ -63,14 +63,6 @@ async fn sink() -> (String, Arrivals) {
     let url = format!("http://{}/done", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, got)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn run() {

@@ -28,11 +28,17 @@ struct Regions {
 
 impl Regions {
     async fn start(port: Option<u16>) -> Regions {
+        Self::start_with(|_| port.map(|p| format!("http://127.0.0.1:{p}"))).await
+    }
+
+    /// Each region notifying the daemon reached at `daemon(name)` (none:
+    /// no notifications).
+    async fn start_with(daemon: impl Fn(&str) -> Option<String>) -> Regions {
         let dir = tempfile::tempdir().unwrap();
         let mut regs = Vec::new();
         for name in NAMES {
-            let notify = port.map(|port| LocalNotify {
-                url: format!("http://127.0.0.1:{port}/v1/notifications/{name}"),
+            let notify = daemon(name).map(|base| LocalNotify {
+                url: format!("{base}/v1/notifications/{name}"),
                 authorization: None,
             });
             regs.push(
@@ -449,30 +455,15 @@ async fn a_region_cut_off_from_georep_catches_up_and_its_pushes_spread() {
     // `ap` reaches georep, and georep reaches `ap`, only through links
     // that are cut; its users reach it directly all along.
     let mut to_georep = Link::start(&format!("127.0.0.1:{port}")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut regs = Vec::new();
-    for name in NAMES {
-        let base = if name == "ap" {
-            to_georep.url()
+    let ap_base = to_georep.url();
+    let regions = Regions::start_with(|name| {
+        Some(if name == "ap" {
+            ap_base.clone()
         } else {
             format!("http://127.0.0.1:{port}")
-        };
-        regs.push(
-            LocalRegistry::start(
-                &dir.path().join(name),
-                LocalOptions {
-                    notify: Some(LocalNotify {
-                        url: format!("{base}/v1/notifications/{name}"),
-                        authorization: None,
-                    }),
-                    ..LocalOptions::default()
-                },
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    let regions = Regions { dir, regs };
+        })
+    })
+    .await;
     let mut to_ap = Link::start(&regions.url(2)).await;
     let mut yaml = format!(
         "state_dir: ./state\nmode: any-region\nlisten: 127.0.0.1:{port}\nretry_max_secs: 2\npoll_interval_secs: 3\nregions:\n"

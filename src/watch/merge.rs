@@ -181,8 +181,7 @@ impl Merge {
         if tag.contains(':') {
             return Ok(());
         }
-        let _one = self.lock.locked();
-        self.echoed_locked(r, repository, tag, digest, None)
+        self.echoed(r, repository, tag, digest, None)
     }
 
     fn echoed_locked(

@@ -270,6 +270,16 @@ pub fn client(url: &str) -> Result<Registry, url::ParseError> {
     ))
 }
 
+/// The `p`-th percentile (0–100) of `sorted` (nearest rank); NaN when
+/// empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// A client that pushes as people do: with another user agent than
 /// georep's (in any-region mode georep takes events made with its own as
 /// its own writes).
