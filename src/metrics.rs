@@ -131,6 +131,9 @@ pub struct Metrics {
     pub audits: AtomicU64,
     /// Any-region mode: tags pushed with different digests in two regions.
     pub conflicts: AtomicU64,
+    /// A cluster member: events handed to the member owning their
+    /// repository.
+    pub events_forwarded: AtomicU64,
     /// From the primary's event time to the last region done.
     pub complete_latency: Histogram,
 }
@@ -146,6 +149,7 @@ impl Metrics {
             reconcile_failures: AtomicU64::new(0),
             audits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            events_forwarded: AtomicU64::new(0),
             complete_latency: Histogram::default(),
         }
     }
@@ -366,7 +370,7 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges
             m.events(r)
         );
     }
-    let plain: [(&str, &str, &AtomicU64); 6] = [
+    let plain: [(&str, &str, &AtomicU64); 7] = [
         (
             "georep_webhook_unauthorized_total",
             "Webhook requests refused for missing or wrong credentials.",
@@ -396,6 +400,11 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges
             "georep_conflicts_total",
             "Any-region mode: tags changed to different digests in two regions before they agreed (each decided by time or conflicts.order).",
             &m.conflicts,
+        ),
+        (
+            "georep_events_forwarded_total",
+            "A cluster member: webhook events handed to the instance that owns their repository.",
+            &m.events_forwarded,
         ),
     ];
     for (name, help, v) in plain {
@@ -446,9 +455,102 @@ pub fn render(m: &Metrics, regions: &[RegionGauges<'_>], targets: &[TargetGauges
     out
 }
 
+/// A cluster member's standing, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterGauges {
+    pub members: usize,
+    pub etcd_up: bool,
+    pub fenced: bool,
+    pub leader: bool,
+}
+
+/// The cluster's series (appended to [`render`]'s on a member).
+pub fn render_cluster(g: &ClusterGauges) -> String {
+    let mut out = String::new();
+    let series: [(&str, &str, f64); 4] = [
+        (
+            "georep_cluster_members",
+            "Live cluster members, as this instance sees them.",
+            g.members as f64,
+        ),
+        (
+            "georep_cluster_etcd_up",
+            "1 while etcd answers this instance, else 0.",
+            f64::from(u8::from(g.etcd_up)),
+        ),
+        (
+            "georep_cluster_fenced",
+            "1 while this instance writes nothing because its lease is not confirmed.",
+            f64::from(u8::from(g.fenced)),
+        ),
+        (
+            "georep_cluster_leader",
+            "1 on the instance that leads (runs the audit schedule).",
+            f64::from(u8::from(g.leader)),
+        ),
+    ];
+    for (name, help, v) in series {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    out
+}
+
+/// Every sample of `text` with an `instance` label first (a cluster
+/// member's series, told apart when one Prometheus scrapes them all
+/// through one service).
+pub fn with_instance(text: &str, instance: &str) -> String {
+    let tag = format!("instance=\"{}\"", label(instance));
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some(brace) = line
+            .find('{')
+            .filter(|&b| b < line.find(' ').unwrap_or(usize::MAX))
+        {
+            let rest = &line[brace + 1..];
+            out.push_str(&line[..=brace]);
+            out.push_str(&tag);
+            if !rest.starts_with('}') {
+                out.push(',');
+            }
+            out.push_str(rest);
+        } else if let Some(space) = line.find(' ') {
+            out.push_str(&line[..space]);
+            out.push('{');
+            out.push_str(&tag);
+            out.push('}');
+            out.push_str(&line[space..]);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_s_series_carry_its_instance() {
+        let text = "# HELP a x\n# TYPE a gauge\na 1\nb{region=\"r\"} 2\nc{} 3\n";
+        let out = with_instance(text, "georep-0");
+        assert_eq!(
+            out,
+            "# HELP a x\n# TYPE a gauge\na{instance=\"georep-0\"} 1\nb{instance=\"georep-0\",region=\"r\"} 2\nc{instance=\"georep-0\"} 3\n"
+        );
+        let g = render_cluster(&ClusterGauges {
+            members: 3,
+            etcd_up: true,
+            fenced: false,
+            leader: true,
+        });
+        assert!(g.contains("georep_cluster_members 3\n"));
+        assert!(g.contains("georep_cluster_leader 1\n"));
+    }
 
     #[test]
     fn exposition_has_labelled_series_and_cumulative_buckets() {

@@ -151,3 +151,82 @@ fn check_config_explains_the_any_region_mode_and_its_mistakes() {
         "{stderr}"
     );
 }
+
+/// The Kubernetes example: its config loads (secrets from the pod's
+/// environment), is a cluster config, and fits the StatefulSet around it.
+#[test]
+fn the_kubernetes_statefulset_fits_its_config() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/georep.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let config_map = of_kind("ConfigMap")[0];
+    let yaml = config_map["data"]["georep.yaml"].as_str().unwrap();
+    let env = |_: &str| Some("from-a-secret".to_owned());
+    let config = georep::config::load_str(Path::new("/etc/georep/georep.yaml"), yaml, &env)
+        .unwrap_or_else(|e| panic!("{}: the ConfigMap's georep.yaml: {e}", path.display()));
+    let cluster = config.cluster.as_ref().expect("a cluster config");
+    assert!(
+        cluster.endpoints.len() >= 3,
+        "an etcd cluster, not one node"
+    );
+    assert!(
+        cluster.advertise_url.contains(".georep-peers."),
+        "{}",
+        cluster.advertise_url
+    );
+
+    let set = of_kind("StatefulSet")[0];
+    let spec = &set["spec"];
+    assert!(spec["replicas"].as_u64().unwrap() >= 2);
+    assert_eq!(spec["serviceName"], "georep-peers");
+    let headless = of_kind("Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "georep-peers")
+        .expect("the headless Service the advertise_url names");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args, ["run", "--config", "/etc/georep/georep.yaml"]);
+    // The store lives on the per-instance volume.
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let state = mounts.iter().find(|m| m["name"] == "state").unwrap();
+    assert_eq!(
+        Path::new(state["mountPath"].as_str().unwrap()),
+        config.state_dir.as_path()
+    );
+    assert_eq!(spec["volumeClaimTemplates"][0]["metadata"]["name"], "state");
+    let config_mount = mounts.iter().find(|m| m["name"] == "config").unwrap();
+    assert_eq!(config_mount["mountPath"], "/etc/georep");
+    // The API's port, in the container, the probes and the advertise_url.
+    let port: u16 = config
+        .daemon
+        .listen
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        container["ports"][0]["containerPort"].as_u64(),
+        Some(u64::from(port))
+    );
+    assert!(cluster.advertise_url.ends_with(&format!(":{port}")));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(
+        !config.daemon.listen.starts_with("127."),
+        "the others must reach it"
+    );
+    // The drain fits in the pod's grace period.
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(grace > config.daemon.shutdown_grace.as_secs());
+}

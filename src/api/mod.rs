@@ -10,6 +10,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /v1/reconcile`, `/v1/audit`, `/v1/retry` | steering ([`steer`]); `?region=`, `?repository=` |
 
+pub mod members;
 pub mod serve;
 pub mod steer;
 
@@ -59,6 +60,11 @@ pub struct ApiState {
     steer: Arc<dyn steer::Steer>,
     /// The last readiness probe of the primary, reused for a few seconds.
     primary_probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// A cluster member: notifications for other members' repositories
+    /// are handed to them, and readiness includes the lease.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// For talking to the other members.
+    http: reqwest::Client,
 }
 
 /// Where one region's notifications come in (any-region mode).
@@ -113,7 +119,18 @@ impl ApiState {
             api_auth: config.api_auth.clone(),
             webhook_max_body_bytes: config.webhook_max_body_bytes,
             primary_probe: tokio::sync::Mutex::new(None),
+            cluster: None,
+            http: reqwest::Client::builder()
+                .user_agent(crate::http::USER_AGENT)
+                .build()
+                .unwrap_or_default(),
         }
+    }
+
+    /// A cluster member's API.
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> ApiState {
+        self.cluster = cluster;
+        self
     }
 }
 
@@ -339,6 +356,11 @@ async fn receive(
         Ok(e) => e,
         Err(why) => return plain(StatusCode::BAD_REQUEST, why),
     };
+    if let Some(cluster) = &state.cluster
+        && region.is_none()
+    {
+        return clustered(state, cluster, &headers, &bytes, events).await;
+    }
 
     match state.intake.events_from(region, &events).await {
         Ok(counts) => axum::Json(counts).into_response(),
@@ -346,9 +368,97 @@ async fn receive(
     }
 }
 
+/// A cluster member's notification: its own events are recorded here,
+/// the others' handed to their owners; 2xx only when all are durable.
+async fn clustered(
+    state: &ApiState,
+    cluster: &crate::cluster::Cluster,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    events: Vec<webhook::Event>,
+) -> Response {
+    let unavailable = |why: String| plain(StatusCode::SERVICE_UNAVAILABLE, why);
+    if let Some(from) = members::forwarded_by(headers) {
+        // Forwarded once, never again: the member sets differ for a moment
+        // and the registry delivers again.
+        let theirs = events
+            .iter()
+            .filter_map(|e| e.target.as_ref().and_then(|t| t.repository.as_deref()))
+            .find(|repo| !cluster.owns(repo));
+        if let Some(repo) = theirs {
+            return unavailable(format!(
+                "instance {} does not own {repo:?} by the members it sees (forwarded by {from}); the registry will deliver again",
+                cluster.id()
+            ));
+        }
+        return match state.intake.events(&events).await {
+            Ok(counts) => axum::Json(counts).into_response(),
+            Err(e) => unavailable(e.to_string()),
+        };
+    }
+    let split = match members::split(cluster, &events) {
+        Ok(s) => s,
+        Err(why) => return unavailable(why),
+    };
+    let raw: Vec<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["events"].as_array().cloned())
+        .unwrap_or_default();
+    if raw.len() != events.len() {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the events of the envelope could not be told apart",
+        );
+    }
+    let mut slots: Vec<Option<webhook::Event>> = events.into_iter().map(Some).collect();
+    let local: Vec<webhook::Event> = split
+        .local
+        .iter()
+        .filter_map(|&i| slots[i].take())
+        .collect();
+    let remote = split.remote.iter().map(|(owner, (url, idx))| {
+        let events = idx.iter().map(|&i| raw[i].clone()).collect();
+        members::post(&state.http, cluster.id(), owner, url, events, headers)
+    });
+    let forwarded: usize = split.remote.values().map(|(_, idx)| idx.len()).sum();
+    let (mine, theirs) = tokio::join!(
+        state.intake.events(&local),
+        futures::future::join_all(remote)
+    );
+    let mut counts = match mine {
+        Ok(c) => c,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let mut problems = Vec::new();
+    for t in theirs {
+        match t {
+            Ok(c) => counts.merge(c),
+            Err(why) => problems.push(why),
+        }
+    }
+    state
+        .metrics
+        .events_forwarded
+        .fetch_add(forwarded as u64, std::sync::atomic::Ordering::Relaxed);
+    if !problems.is_empty() {
+        tracing::warn!(
+            "handing events to their owners failed: {}",
+            problems.join("; ")
+        );
+        return unavailable(format!(
+            "not every event is recorded by its owner; the registry will deliver again: {}",
+            problems.join("; ")
+        ));
+    }
+    axum::Json(counts).into_response()
+}
+
 async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     if let Err(e) = state.store.check() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, format!("state store: {e}"));
+    }
+    if let Some(why) = state.cluster.as_ref().and_then(|c| c.trouble()) {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, why);
     }
     // Any-region mode has no one registry it cannot work without: each
     // region's health is in the status.
@@ -372,8 +482,23 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-async fn status(State(state): State<Arc<ApiState>>) -> Response {
-    axum::Json((state.status)(Detail::Full)).into_response()
+/// `?scope=instance`: this instance alone (what members ask each other).
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+async fn status(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(q): axum::extract::Query<StatusQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let mut view = (state.status)(Detail::Full);
+    if q.scope.as_deref() != Some("instance") {
+        members::gather(&state.http, &mut view, &headers).await;
+    }
+    axum::Json(view).into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<ApiState>>) -> Response {
@@ -408,7 +533,19 @@ async fn metrics_text(State(state): State<Arc<ApiState>>) -> Response {
             pending: t.pending,
         })
         .collect();
-    let text = crate::metrics::render(&state.metrics, &gauges, &targets);
+    let mut text = crate::metrics::render(&state.metrics, &gauges, &targets);
+    if let Some(c) = &state.cluster {
+        let standing = c.standing();
+        text.push_str(&crate::metrics::render_cluster(
+            &crate::metrics::ClusterGauges {
+                members: c.members().len(),
+                etcd_up: standing.etcd_reachable,
+                fenced: c.fenced(),
+                leader: c.leads(),
+            },
+        ));
+        text = crate::metrics::with_instance(&text, c.id());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -10,6 +10,8 @@ use base64::Engine as _;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::lock::Locked;
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// A watch stream's line, at most (a member key is small).
 const MAX_LINE: usize = 1 << 20;
@@ -51,11 +53,22 @@ pub enum Event {
     Delete { key: String, mod_revision: i64 },
 }
 
+/// etcd's own user and password (`etcdctl user add`), exchanged for a
+/// token that every request carries.
+#[derive(Clone)]
+pub struct EtcdAuth {
+    pub username: String,
+    pub password: crate::config::Secret,
+}
+
 /// A client of one etcd cluster.
 #[derive(Clone)]
 pub struct Etcd {
     http: reqwest::Client,
     endpoints: Vec<String>,
+    auth: Option<EtcdAuth>,
+    /// The token of the last authentication, while etcd takes it.
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Etcd {
@@ -75,7 +88,15 @@ impl Etcd {
                     }
                 })
                 .collect(),
+            auth: None,
+            token: Default::default(),
         }
+    }
+
+    /// Signs in as `auth` (etcd with `auth enable`).
+    pub fn with_auth(mut self, auth: Option<EtcdAuth>) -> Etcd {
+        self.auth = auth;
+        self
     }
 
     pub fn endpoints(&self) -> String {
@@ -90,27 +111,47 @@ impl Etcd {
     ) -> Result<(String, reqwest::Response), EtcdError> {
         let mut last = String::new();
         for e in &self.endpoints {
-            match self.http.post(format!("{e}{path}")).json(body).send().await {
-                Ok(resp) if resp.status().is_success() => return Ok((e.clone(), resp)),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    // A member that is up but cannot serve (no leader)
-                    // answers 5xx: the next one may.
-                    if status.is_server_error() {
-                        last = format!(
-                            "{e}: {status} {}",
-                            text.chars().take(200).collect::<String>()
-                        );
-                        continue;
-                    }
-                    return Err(EtcdError::Refused {
-                        endpoint: e.clone(),
-                        path,
-                        message: format!("{status} {}", text.chars().take(300).collect::<String>()),
-                    });
+            let mut signed_in_again = false;
+            loop {
+                let mut req = self.http.post(format!("{e}{path}")).json(body);
+                if let Some(token) = self.current_token(e).await? {
+                    req = req.header(reqwest::header::AUTHORIZATION, token);
                 }
-                Err(err) => last = format!("{e}: {err}"),
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() => return Ok((e.clone(), resp)),
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let text = resp.text().await.unwrap_or_default();
+                        // An expired token (etcd's simple tokens live five
+                        // minutes): sign in again, once.
+                        if self.auth.is_some() && !signed_in_again && token_refused(status, &text) {
+                            self.token.locked().take();
+                            signed_in_again = true;
+                            continue;
+                        }
+                        // A member that is up but cannot serve (no leader)
+                        // answers 5xx: the next one may.
+                        if status.is_server_error() {
+                            last = format!(
+                                "{e}: {status} {}",
+                                text.chars().take(200).collect::<String>()
+                            );
+                            break;
+                        }
+                        return Err(EtcdError::Refused {
+                            endpoint: e.clone(),
+                            path,
+                            message: format!(
+                                "{status} {}",
+                                text.chars().take(300).collect::<String>()
+                            ),
+                        });
+                    }
+                    Err(err) => {
+                        last = format!("{e}: {err}");
+                        break;
+                    }
+                }
             }
         }
         Err(EtcdError::Unreachable {
@@ -118,6 +159,43 @@ impl Etcd {
             tried: self.endpoints(),
             last,
         })
+    }
+
+    /// The token to send to `endpoint`, signing in first when there is none.
+    async fn current_token(&self, endpoint: &str) -> Result<Option<String>, EtcdError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        if let Some(t) = self.token.locked().clone() {
+            return Ok(Some(t));
+        }
+        const PATH: &str = "/v3/auth/authenticate";
+        let resp = self
+            .http
+            .post(format!("{endpoint}{PATH}"))
+            .json(&json!({ "name": auth.username, "password": auth.password.expose() }))
+            .send()
+            .await
+            .map_err(|err| EtcdError::Unreachable {
+                path: PATH,
+                tried: endpoint.to_owned(),
+                last: err.to_string(),
+            })?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let Some(token) = v["token"].as_str().filter(|_| status.is_success()) else {
+            return Err(EtcdError::Refused {
+                endpoint: endpoint.to_owned(),
+                path: PATH,
+                message: format!(
+                    "signing in as {:?}: {status} {}",
+                    auth.username,
+                    v["message"].as_str().or(v["error"].as_str()).unwrap_or("")
+                ),
+            });
+        };
+        *self.token.locked() = Some(token.to_owned());
+        Ok(Some(token.to_owned()))
     }
 
     async fn call(&self, path: &'static str, body: Value) -> Result<Value, EtcdError> {
@@ -201,6 +279,33 @@ impl Etcd {
             endpoint,
             lines: Lines::new(resp),
         })
+    }
+
+    /// Writes `key` under `lease` unless the key exists; returns the
+    /// holder's value when it does (etcd's election by create revision).
+    pub async fn create_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<Option<Kv>, EtcdError> {
+        let k = B64.encode(key);
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{ "key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0" }],
+                    "success": [{ "request_put": { "key": k, "value": B64.encode(value), "lease": lease.to_string() } }],
+                    "failure": [{ "request_range": { "key": k } }],
+                }),
+            )
+            .await?;
+        if v["succeeded"].as_bool() == Some(true) {
+            return Ok(None);
+        }
+        Ok(v["responses"][0]["response_range"]["kvs"][0]
+            .as_object()
+            .and_then(|_| kv(&v["responses"][0]["response_range"]["kvs"][0])))
     }
 
     fn unexpected(&self, path: &'static str, v: &Value) -> EtcdError {
@@ -302,6 +407,13 @@ impl Lines {
             }
         }
     }
+}
+
+/// Whether etcd refused the request's token (expired, or etcd restarted).
+fn token_refused(status: reqwest::StatusCode, text: &str) -> bool {
+    status == reqwest::StatusCode::UNAUTHORIZED
+        || text.contains("invalid auth token")
+        || text.contains("user name is empty")
 }
 
 /// The end of the range of keys starting with `prefix` (etcd's rule: the

@@ -72,6 +72,20 @@ pub fn summary(c: &Config) -> String {
             order.join(", ")
         ));
     }
+    if let Some(cl) = &c.cluster {
+        out.push_str(&format!(
+            "  cluster: instance {} (others reach it at {}), etcd {} (prefix {}, lease {} s{}); the primary may notify any instance at /v1/notifications\n",
+            cl.instance_id,
+            cl.advertise_url,
+            cl.endpoints.join(", "),
+            cl.prefix,
+            cl.lease_ttl.as_secs(),
+            cl.username
+                .as_deref()
+                .map(|u| format!(", user {u}"))
+                .unwrap_or_default(),
+        ));
+    }
     let every =
         |d: Option<Duration>| d.map_or("off".to_owned(), |d| format!("every {} s", d.as_secs()));
     let d = &c.daemon;
@@ -154,6 +168,32 @@ pub async fn run(args: &CheckConfigArgs) -> anyhow::Result<ExitStatus> {
                     r.url(),
                     CONNECT_WAIT.as_secs()
                 );
+            }
+        }
+    }
+    if let Some(cl) = &c.cluster {
+        let settings = crate::cluster::membership::Settings::from_config(cl);
+        match crate::cluster::probe(&settings).await {
+            Ok(members) => println!(
+                "connect etcd: ok ({} live member{}{})",
+                members.len(),
+                if members.len() == 1 { "" } else { "s" },
+                if members.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        members
+                            .iter()
+                            .map(|m| m.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ),
+            Err(e) => {
+                ok = false;
+                println!("connect etcd: {e}");
             }
         }
     }

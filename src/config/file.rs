@@ -65,6 +65,41 @@ pub struct FileConfig {
     /// Outgoing notifications.
     #[serde(default)]
     pub notify: Vec<FileNotify>,
+    /// Several instances sharing the work through etcd.
+    #[serde(default)]
+    pub cluster: Option<Spanned<FileCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub etcd: Spanned<FileEtcd>,
+    /// Every key georep writes in etcd starts with this.
+    #[serde(default)]
+    pub prefix: Option<Spanned<String>>,
+    /// Unique per instance; default: the host name.
+    #[serde(default)]
+    pub instance_id: Option<Spanned<String>>,
+    /// Where the other instances reach this one's API; `{instance_id}` is
+    /// replaced.
+    #[serde(default)]
+    pub advertise_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub lease_ttl_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEtcd {
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub tls: Option<Spanned<FileTls>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

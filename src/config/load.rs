@@ -11,6 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::file::{FileConfig, FileNotify, FileSize};
 mod access;
+mod cluster;
 mod parse;
 
 use access::url_identity;
@@ -387,6 +388,10 @@ impl Validator<'_> {
         };
         let max_attempts = self.positive(&file.max_attempts, "max_attempts", DEFAULT_MAX_ATTEMPTS);
         let daemon = self.daemon(&file);
+        let cluster = match &file.cluster {
+            Some(c) => Some(self.cluster(c, mode, &daemon.listen)?),
+            None => None,
+        };
 
         Some(Config {
             path: path.to_owned(),
@@ -401,6 +406,7 @@ impl Validator<'_> {
             max_attempts,
             total_max_bytes_per_sec,
             daemon,
+            cluster,
         })
     }
 
@@ -816,7 +822,7 @@ regions:
         assert!(c.repositories.allows("anything/at/all"));
     }
 
-    const ANY_REGION: &str = "\
+    pub(super) const ANY_REGION: &str = "\
 state_dir: ./s
 mode: any-region
 regions:

@@ -84,6 +84,29 @@ pub struct Config {
     pub total_max_bytes_per_sec: Option<u64>,
     /// What only `georep run` uses.
     pub daemon: DaemonConfig,
+    /// Several instances sharing the work (`None`: this one does it all).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The default lease time to live of a cluster member.
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 10;
+/// The default prefix of georep's keys in etcd.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/georep";
+
+/// How this instance takes part in a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// etcd's client URLs (`http://` or `https://`).
+    pub endpoints: Vec<String>,
+    /// etcd's user and password, when etcd has authentication on.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// For `https` endpoints.
+    pub tls: Tls,
+    pub prefix: String,
+    pub instance_id: String,
+    pub advertise_url: String,
+    pub lease_ttl: Duration,
 }
 
 /// Where people push.

@@ -10,6 +10,8 @@
 //! only what it needs, before anything runs; then [`Daemon::run`] spawns
 //! the tasks and returns after a graceful drain.
 
+mod handover;
+mod lead;
 mod lone_tag;
 pub mod schedule;
 pub mod status;
@@ -25,6 +27,8 @@ use anyhow::Context;
 
 use crate::api::ApiState;
 use crate::background::{self, BackgroundTask, Period};
+use crate::cluster::Cluster;
+use crate::cluster::membership::Settings;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -51,6 +55,10 @@ pub struct Daemon {
     notifier: Arc<Notifier>,
     /// Any-region mode's decisions.
     merge: Option<Arc<Merge>>,
+    /// A cluster member's place in the cluster, and what ends its
+    /// membership (after the workers drained: leaving earlier would let
+    /// another member start on what this one still copies).
+    cluster: Option<(Arc<Cluster>, shutdown::Trigger)>,
     listener: tokio::net::TcpListener,
 }
 
@@ -94,7 +102,17 @@ impl Daemon {
         listener: tokio::net::TcpListener,
     ) -> anyhow::Result<Daemon> {
         let regions = config.regions.len();
-        let engine = Arc::new(Engine::new(&config, store.clone()));
+        let cluster = config.cluster.as_ref().map(|c| {
+            let (trigger, signal) = shutdown::channel();
+            let cluster = Arc::new(Cluster::join(Settings::from_config(c), signal));
+            (cluster, trigger)
+        });
+        let mut engine = Engine::new(&config, store.clone());
+        if let Some((c, _)) = &cluster {
+            let c = c.clone();
+            engine = engine.with_share(Arc::new(move |repo: &str| c.owns(repo)));
+        }
+        let engine = Arc::new(engine);
         let metrics = Arc::new(Metrics::new(regions));
         let doorbell = Arc::new(Doorbell::new(regions));
         let notifier = Arc::new(Notifier::new(&config, store.clone()));
@@ -124,6 +142,7 @@ impl Daemon {
             intake,
             notifier,
             merge,
+            cluster,
             listener,
         })
     }
@@ -144,8 +163,13 @@ impl Daemon {
             intake,
             notifier,
             merge,
+            cluster,
             listener,
         } = self;
+        let (cluster, cluster_stop) = match cluster {
+            Some((c, t)) => (Some(c), Some(t)),
+            None => (None, None),
+        };
         let (trigger, signal) = shutdown::channel();
         let addr = listener.local_addr()?;
         let d = &config.daemon;
@@ -164,6 +188,7 @@ impl Daemon {
                 (crate::config::DeletePolicy::Propagate, false) => "propagate",
                 (crate::config::DeletePolicy::Propagate, true) => "propagate (dry run)",
             },
+            cluster = %cluster.as_ref().map_or_else(|| "off".to_owned(), |c| format!("instance {}", c.id())),
             notify = %if d.notify.is_empty() {
                 "none".to_owned()
             } else {
@@ -202,15 +227,28 @@ impl Daemon {
                 Err(e) => tracing::warn!("deciding the tags not yet agreed failed: {e:#}"),
             }
         }
-        let workers = Arc::new(Workers::new(
-            config.clone(),
-            engine.clone(),
-            metrics.clone(),
-            doorbell,
-            notifier.clone(),
-            health.clone(),
-            merge.clone(),
-        ));
+        if let Some(c) = &cluster {
+            if c.joined(FIRST_PROBE_WAIT).await {
+                tracing::info!(members = c.members().len(), "a cluster member");
+            } else {
+                tracing::error!(
+                    "not a cluster member yet ({}): copying nothing until etcd answers",
+                    c.trouble().unwrap_or_default()
+                );
+            }
+        }
+        let workers = Arc::new(
+            Workers::new(
+                config.clone(),
+                engine.clone(),
+                metrics.clone(),
+                doorbell,
+                notifier.clone(),
+                health.clone(),
+                merge.clone(),
+            )
+            .with_cluster(cluster.clone()),
+        );
         if config.daemon.poll_interval.is_none() {
             tracing::info!(
                 "polling is off (poll_interval_secs: 0): only notifications bring changes"
@@ -226,11 +264,13 @@ impl Daemon {
             filter: config.repositories.clone(),
             merge: merge.clone(),
         };
+        // A cluster member's first reconcile is its handover's, once it
+        // knows its share.
         let reconcile = Arc::new(background::spawn(
             reconcile_task.clone(),
             config.daemon.poll_interval.map(|every| Period {
                 every,
-                at_start: true,
+                at_start: cluster.is_none(),
             }),
             signal.clone(),
         ));
@@ -240,14 +280,49 @@ impl Daemon {
             metrics: metrics.clone(),
             filter: config.repositories.clone(),
         };
+        // In a cluster the leader keeps the audit's schedule ([`lead`]).
         let audit = Arc::new(background::spawn(
             audit_task.clone(),
-            config.daemon.audit_interval.map(|every| Period {
-                every,
-                at_start: false,
-            }),
+            config
+                .daemon
+                .audit_interval
+                .filter(|_| cluster.is_none())
+                .map(|every| Period {
+                    every,
+                    at_start: false,
+                }),
             signal.clone(),
         ));
+        let schedule = cluster.as_ref().map(|c| {
+            background::spawn(
+                lead::AuditSchedule {
+                    cluster: c.clone(),
+                    audit_task: audit.clone(),
+                    http: reqwest::Client::builder()
+                        .user_agent(crate::http::USER_AGENT)
+                        .build()
+                        .unwrap_or_default(),
+                    api_auth: config.daemon.api_auth.clone(),
+                },
+                config.daemon.audit_interval.map(|every| Period {
+                    every,
+                    at_start: false,
+                }),
+                signal.clone(),
+            )
+        });
+        let handover = cluster.as_ref().map(|c| {
+            tokio::spawn(
+                handover::Handover {
+                    cluster: c.clone(),
+                    store: engine.store().clone(),
+                    in_flight: workers.in_flight(),
+                    reconcile: reconcile_task.clone(),
+                    reconcile_task: reconcile.clone(),
+                }
+                .run(signal.clone()),
+            )
+        });
         let steering = Arc::new(steer::Steering {
             regions: config.regions.iter().map(|r| r.name.clone()).collect(),
             reconcile: reconcile_task,
@@ -273,6 +348,7 @@ impl Daemon {
             audit: audit.clone(),
             notifier: notifier.clone(),
             health: health.clone(),
+            cluster: cluster.clone(),
         };
         let api = {
             let signal = signal.clone();
@@ -285,7 +361,8 @@ impl Daemon {
                 engine.primary().cloned(),
                 crate::api::Door::all(&config),
                 steering,
-            );
+            )
+            .with_cluster(cluster.clone());
             let app = crate::api::router(Arc::new(state));
             tokio::spawn(crate::api::serve::serve(
                 listener,
@@ -305,6 +382,12 @@ impl Daemon {
         trigger.fire();
         reconcile.stop().await;
         audit.stop().await;
+        if let Some(s) = &schedule {
+            s.stop().await;
+        }
+        if let Some(h) = handover {
+            h.abort();
+        }
         probe.stop().await;
         forget.stop().await;
         match api.await {
@@ -314,6 +397,12 @@ impl Daemon {
         }
         if let Err(e) = workers.await {
             tracing::warn!("the workers ended abnormally: {e}");
+        }
+        // Nothing is copied any more: the membership ends (the lease is
+        // revoked, and the share moves at once).
+        if let (Some(t), Some(c)) = (cluster_stop, &cluster) {
+            t.fire();
+            c.membership().left(Duration::from_secs(3)).await;
         }
         // Notifications being posted get a moment, not the whole grace;
         // the rest wait in the store's outbox for the next start.

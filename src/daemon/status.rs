@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use super::workers::InFlight;
 use crate::background::TaskHandle;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::{EventResult, Metrics};
 use crate::notify::Notifier;
-use crate::status::{Detail, Live, StatusView};
+use crate::status::{ClusterView, Detail, Live, MemberView, StatusView};
 use crate::watch::audit::AuditReport;
 use crate::watch::poller::ReconcileReport;
 use crate::watch::probe::HealthBook;
@@ -26,6 +27,7 @@ pub struct Sources {
     pub audit: Arc<TaskHandle<AuditReport>>,
     pub notifier: Arc<Notifier>,
     pub health: Arc<HealthBook>,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Sources {
@@ -70,6 +72,28 @@ impl Sources {
             ],
             notify: self.notifier.view(),
         };
-        crate::status::build(&self.config, self.engine.store(), health, live, detail)
+        let mut view =
+            crate::status::build(&self.config, self.engine.store(), health, live, detail);
+        view.cluster = self.cluster.as_ref().map(|c| {
+            let standing = c.standing();
+            ClusterView {
+                instance: c.id().to_owned(),
+                leader: standing.leader,
+                etcd_reachable: standing.etcd_reachable,
+                fenced: c.fenced(),
+                problem: c.trouble(),
+                members: c
+                    .members()
+                    .into_iter()
+                    .map(|m| MemberView {
+                        id: m.id,
+                        url: m.advertise_url,
+                        ..MemberView::default()
+                    })
+                    .collect(),
+                regions: Vec::new(),
+            }
+        });
+        view
     }
 }

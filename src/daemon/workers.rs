@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::schedule::Schedule;
+use crate::cluster::Cluster;
 use crate::config::{Config, NotifyEvent};
 use crate::digest::Digest;
 use crate::engine::cause::{Cause, CauseKind};
@@ -54,6 +55,10 @@ const TAG_DELETE_WAIT: Duration = Duration::from_secs(60);
 /// How long a copy from a region that does not answer waits before it is
 /// tried again (the probe's interval: the source's return is seen by then).
 const SOURCE_WAIT: Duration = Duration::from_secs(5);
+/// A copy stopped because the repository moved or the lease wavered is
+/// looked at again after this long (by then it has left this queue, or the
+/// lease is firm again).
+const LOST_WAIT: Duration = Duration::from_secs(1);
 /// How long the source's `GET /v2/` may take when a copy from it failed.
 const SOURCE_CHECK_WAIT: Duration = Duration::from_secs(3);
 
@@ -110,6 +115,11 @@ impl InFlight {
     pub fn count(&self, r: RegionId) -> usize {
         self.lock().keys().filter(|(x, _, _)| *x == r).count()
     }
+
+    /// Whether an item of a repository `which` says yes to is in flight.
+    pub fn any(&self, which: impl Fn(&str) -> bool) -> bool {
+        self.lock().keys().any(|(_, repo, _)| which(repo))
+    }
 }
 
 /// The workers' state: what they copy with, whom they tell, and the
@@ -130,6 +140,9 @@ pub struct Workers {
     gates: Vec<Mutex<Gate>>,
     /// Any-region mode: told when a tag's last item is done.
     merge: Option<Arc<Merge>>,
+    /// A cluster member works only on its share, and only while its lease
+    /// is firm.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Workers {
@@ -154,7 +167,21 @@ impl Workers {
             completion: Mutex::new(()),
             gates: (0..regions).map(|_| Mutex::default()).collect(),
             merge,
+            cluster: None,
         }
+    }
+
+    /// A cluster member's workers.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Workers {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Whether work on `repository` may start now.
+    fn may_start(&self, repository: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|c| c.may_start(repository))
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -187,6 +214,7 @@ pub async fn run(w: Arc<Workers>, mut stop: Signal) {
     }
     let mut schedule = Schedule::new(w.config.regions.len());
     let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut cluster = w.cluster.as_ref().map(|c| c.watch());
     loop {
         if stop.is_set() {
             break;
@@ -196,8 +224,15 @@ pub async fn run(w: Arc<Workers>, mut stop: Signal) {
             .map(|at| Duration::from_millis(at.saturating_sub(now_unix_ms())))
             .unwrap_or(IDLE_WAKE)
             .min(IDLE_WAKE);
+        let cluster_changed = async {
+            match cluster.as_mut() {
+                Some(c) => c.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = w.doorbell.rung() => {}
+            _ = cluster_changed => {}
             _ = tokio::time::sleep(pause) => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = done {
@@ -249,6 +284,7 @@ fn dispatch(w: &Arc<Workers>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) 
         let mut busy = in_flight.keys().filter(|(x, _, _)| *x == r).count();
         while let Some(q) = schedule.next(r, |repo, reference| {
             in_flight.contains_key(&(r, repo.to_owned(), reference.to_owned()))
+                || !w.may_start(repo)
         }) {
             // Fresh pushes may use a few slots beyond the region's own, so
             // a long backfill never holds today's pushes back.
@@ -322,7 +358,26 @@ async fn run_group(w: &Workers, key: &GroupKey, members: Vec<(RegionId, Queued)>
         Origin::Event => Priority::Fresh,
         Origin::Reconcile => Priority::Backfill,
     });
-    let mut outcomes = copy_group(w, &pass, key, &regions, &digest).await;
+    let copied = copy_group(w, &pass, key, &regions, &digest);
+    let mut outcomes = match &w.cluster {
+        None => copied.await,
+        // A member that loses the repository (the member set changed) or
+        // the firmness of its lease stops at once: dropping the copy
+        // cancels its requests, before anyone else can have started.
+        Some(c) => tokio::select! {
+            outcomes = copied => outcomes,
+            why = lost(c, &key.repository) => {
+                // What it wrote before it stopped (a tag's PUT may have
+                // landed unanswered) is not in the cached listings: the
+                // next attempt asks the regions again.
+                w.engine.forget_listing(&key.repository);
+                regions
+                    .iter()
+                    .map(|&r| (r, Outcome::Deferred { wait: LOST_WAIT, why: why.clone(), told: false }))
+                    .collect()
+            }
+        },
+    };
     source_outage(w, key, &mut outcomes).await;
     for (r, q) in &members {
         let outcome = outcomes.remove(r).unwrap_or_else(|| {
@@ -338,6 +393,26 @@ async fn run_group(w: &Workers, key: &GroupKey, members: Vec<(RegionId, Queued)>
     let mut in_flight = w.in_flight.lock();
     for (r, q) in &members {
         in_flight.remove(&(*r, q.repository.clone(), q.reference.clone()));
+    }
+}
+
+/// Resolves once this member may no longer go on with `repository`; why.
+async fn lost(c: &Cluster, repository: &str) -> String {
+    let mut watch = c.watch();
+    loop {
+        if c.fenced() {
+            tracing::warn!(%repository, "stopped a copy: the lease is not confirmed (etcd unreachable?)");
+            return "stopped: this instance's lease was not confirmed; resumed once it is"
+                .to_owned();
+        }
+        if !c.owns(repository) {
+            let to = c
+                .owner(repository)
+                .map_or_else(|| "nobody".to_owned(), |m| m.id);
+            tracing::info!(%repository, owner = %to, "stopped a copy: the repository moved to another instance");
+            return format!("stopped: the repository moved to instance {to}");
+        }
+        watch.changed().await;
     }
 }
 

@@ -236,6 +236,11 @@ impl RegionRepos {
     pub fn clear(&self) {
         self.map.locked().clear();
     }
+
+    /// Forgets every region's listing of `repository`.
+    pub fn forget(&self, repository: &str) {
+        self.map.locked().retain(|(_, repo), _| repo != repository);
+    }
 }
 
 #[cfg(test)]

@@ -46,15 +46,18 @@ impl Engine {
     /// repository is resolved. Failures to list a repository or resolve a
     /// tag are reported and that item is left alone; the others go on.
     pub async fn list_primary(&self, jobs: mpsc::Sender<ImageJob>) -> Listing {
-        self.list_primary_in(None, jobs).await
+        self.list_primary_in(None, &|_| true, jobs).await
     }
 
     /// [`Engine::list_primary`], of one repository only when `only` names
     /// it (its catalog is not asked: a repository gone from the primary
-    /// lists no tags, and its known tags are tombstoned).
+    /// lists no tags, and its known tags are tombstoned), else of the
+    /// repositories `within` says yes to (a cluster member's handover:
+    /// the share it just gained).
     pub async fn list_primary_in(
         &self,
         only: Option<&str>,
+        within: &(dyn Fn(&str) -> bool + Sync),
         jobs: mpsc::Sender<ImageJob>,
     ) -> Listing {
         let mut listing = Listing::default();
@@ -87,13 +90,15 @@ impl Engine {
         };
         // Repositories gone from the catalog: their tags are tombstoned.
         for gone in self.facts.store().primary_repositories() {
-            if self.filter.allows(&gone) && !repositories.contains(&gone) {
+            if self.filter.allows(&gone) && self.in_share(&gone) && !repositories.contains(&gone) {
                 for tag in self.facts.primary_tags(&gone) {
                     self.facts.primary_tag_gone(&gone, &tag);
                 }
             }
         }
-        let wanted = self.wanted(repositories, &mut listing, primary.name());
+        let mut wanted = self.wanted(repositories, &mut listing, primary.name());
+        wanted.retain(|r| within(r));
+        listing.repositories = wanted.len();
 
         let mut per_repo = futures::stream::iter(wanted)
             .map(|repo| {
@@ -206,7 +211,7 @@ impl Engine {
     ) -> Vec<String> {
         let mut wanted = Vec::new();
         for repo in listed {
-            if !self.filter.allows(&repo) {
+            if !self.filter.allows(&repo) || !self.in_share(&repo) {
                 continue;
             }
             match names::check_repository(&repo) {

@@ -102,7 +102,13 @@ pub struct Engine {
     writable: Vec<bool>,
     /// How any-region mode decides between regions.
     rules: crate::merge::Rules,
+    /// The repositories this instance looks after (a cluster member's
+    /// share); `None`: all.
+    share: Option<Share>,
 }
+
+/// Which repositories an instance looks after.
+pub type Share = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Writes to one region, counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,13 +177,22 @@ impl Engine {
 
     pub fn new(config: &Config, store: Arc<Store>) -> Engine {
         let http = http_client(&config.timeouts);
+        // A cluster member names itself in every request.
+        let agent = config
+            .cluster
+            .as_ref()
+            .map(|c| format!("{} (instance {})", crate::http::USER_AGENT, c.instance_id));
+        let named = |r: Registry| match &agent {
+            Some(a) => r.with_agent(a),
+            None => r,
+        };
         let primary = config.primary().map(|p| {
-            Arc::new(Registry::new(
+            Arc::new(named(Registry::new(
                 p,
                 http.clone(),
                 config.timeouts,
                 config.max_attempts,
-            ))
+            )))
         });
         // All regions' uploads together, when the operator caps the link
         // they share.
@@ -188,11 +203,11 @@ impl Engine {
             .regions
             .iter()
             .map(|r| {
-                Arc::new(
+                Arc::new(named(
                     Registry::new(r, http.clone(), config.timeouts, config.max_attempts)
                         .with_shared_bytes(total.clone())
                         .as_region(),
-                )
+                ))
             })
             .collect();
         Engine {
@@ -224,7 +239,19 @@ impl Engine {
                 skew_ns: config.conflicts.skew.as_nanos() as u64,
                 propagate_deletes: config.daemon.deletes == crate::config::DeletePolicy::Propagate,
             },
+            share: None,
         }
+    }
+
+    /// Lists only the repositories `share` says this instance looks after.
+    pub fn with_share(mut self, share: Share) -> Engine {
+        self.share = Some(share);
+        self
+    }
+
+    /// Whether this instance looks after `repository`.
+    pub fn in_share(&self, repository: &str) -> bool {
+        self.share.as_ref().is_none_or(|s| s(repository))
     }
 
     /// The primary, in one-way mode.
@@ -579,6 +606,12 @@ impl Engine {
                 }
             })
             .await
+    }
+
+    /// Forgets the regions' listings of `repository`: a copy of it was
+    /// stopped mid-way, and what it wrote before is not in them.
+    pub fn forget_listing(&self, repository: &str) {
+        self.region_repos.forget(repository);
     }
 
     /// Forgets the regions' repository listings: the daemon calls it at

@@ -185,6 +185,15 @@ impl LocalRegistry {
     /// that has just read an answer may not find it yet: counts compared
     /// across a client's requests want [`LocalRegistry::settled_requests`].
     pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.requests_by_agent()
+            .into_iter()
+            .map(|(method, uri, status, _)| (method, uri, status))
+            .collect()
+    }
+
+    /// Every request logged so far with its `User-Agent`: (method, URI,
+    /// status, agent).
+    pub fn requests_by_agent(&self) -> Vec<(String, String, u16, String)> {
         self.log()
             .lines()
             .filter(|l| l.contains("msg=\"response completed"))
@@ -192,9 +201,10 @@ impl LocalRegistry {
                 let method = logfmt_value(l, "http.request.method")?;
                 let uri = logfmt_value(l, "http.request.uri")?;
                 let status = logfmt_value(l, "http.response.status")?.parse().ok()?;
-                Some((method, uri, status))
+                let agent = logfmt_value(l, "http.request.useragent").unwrap_or_default();
+                Some((method, uri, status, agent))
             })
-            .filter(|(_, uri, _)| !uri.contains(FENCE_PARAM))
+            .filter(|(_, uri, _, _)| !uri.contains(FENCE_PARAM))
             .collect()
     }
 

@@ -64,6 +64,9 @@ pub struct Registry {
     aimd: aimd::Aimd,
     /// One of the regions (not the primary), for messages.
     region: bool,
+    /// The `User-Agent` of every request, when not the client's own (a
+    /// cluster member names itself, so a registry's log tells who wrote).
+    agent: Option<reqwest::header::HeaderValue>,
 }
 
 /// A blob being downloaded: a stream of chunks, holding its request permit
@@ -150,7 +153,15 @@ impl Registry {
                 config.max_bytes_per_sec,
             )),
             region: false,
+            agent: None,
         }
+    }
+
+    /// Sends `agent` as every request's `User-Agent` (it should start with
+    /// `georep/`: that is how georep knows its own writes in events).
+    pub fn with_agent(mut self, agent: &str) -> Self {
+        self.agent = reqwest::header::HeaderValue::from_str(agent).ok();
+        self
     }
 
     /// This registry is one of the regions: messages call it `region NAME`.

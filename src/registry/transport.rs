@@ -157,6 +157,9 @@ impl Registry {
         if let Some(a) = authorization {
             rb = rb.header(reqwest::header::AUTHORIZATION, a);
         }
+        if let Some(agent) = &self.agent {
+            rb = rb.header(reqwest::header::USER_AGENT, agent.clone());
+        }
         if let Some(b) = t.body {
             rb = rb.body(b);
         }

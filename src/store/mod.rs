@@ -33,6 +33,7 @@ mod facts;
 pub mod merge;
 pub mod outbox;
 pub mod queue;
+pub mod share;
 mod summary;
 mod time;
 

@@ -165,7 +165,7 @@ pub struct Queued {
     pub repository: String,
     pub reference: String,
     pub item: WorkItem,
-    raw: Vec<u8>,
+    pub(super) raw: Vec<u8>,
 }
 
 /// One item an accepted transaction wrote: region, key, what the key held

@@ -39,6 +39,16 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Adds what another instance recorded of the same notification.
+    pub fn merge(&mut self, o: Counts) {
+        self.queued += o.queued;
+        self.duplicate += o.duplicate;
+        self.stale += o.stale;
+        self.ignored += o.ignored;
+        self.rejected += o.rejected;
+        self.echo += o.echo;
+    }
+
     fn add(&mut self, r: EventResult) {
         match r {
             EventResult::Queued => self.queued += 1,

@@ -24,6 +24,24 @@ pub struct Only {
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// A cluster member's handover: only repositories owned, under the
+    /// member set `before`, by another member than `me` (what `me` gained).
+    #[serde(skip)]
+    pub moved_in: Option<MovedIn>,
+}
+
+/// The repositories a member gained when the member set changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovedIn {
+    pub before: Vec<String>,
+    pub me: String,
+}
+
+impl MovedIn {
+    /// Whether `repository` was someone else's under `before`.
+    pub fn covers(&self, repository: &str) -> bool {
+        crate::cluster::ring::owner(repository, &self.before) != Some(self.me.as_str())
+    }
 }
 
 impl Only {
@@ -35,5 +53,6 @@ impl Only {
     /// Whether `repository` is covered.
     pub fn repository(&self, repository: &str) -> bool {
         self.repository.as_deref().is_none_or(|r| r == repository)
+            && self.moved_in.as_ref().is_none_or(|m| m.covers(repository))
     }
 }

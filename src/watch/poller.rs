@@ -36,6 +36,9 @@ const BATCH: usize = 256;
 /// What the last reconcile found.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ReconcileReport {
+    /// Repositories listed on the primary (a cluster member's: its share).
+    #[serde(rename = "last_repositories", default)]
+    pub repositories: usize,
     /// Tags listed on the primary.
     #[serde(rename = "last_tags")]
     pub tags: usize,
@@ -119,8 +122,9 @@ impl Reconcile {
             if !scope.region(region.name()) {
                 continue;
             }
-            let only =
-                store.only_in_region(r, |repo| self.filter.allows(repo) && scope.repository(repo));
+            let only = store.only_in_region(r, |repo| {
+                self.filter.allows(repo) && self.engine.in_share(repo) && scope.repository(repo)
+            });
             counts.insert(region.name().to_owned(), only.len());
             if only.is_empty() {
                 continue;
@@ -286,7 +290,10 @@ impl Reconcile {
         let regions = self.engine.regions().len();
         let store = self.engine.store();
         let (tx, mut rx) = mpsc::channel(64);
-        let listing = self.engine.list_primary_in(only.repository.as_deref(), tx);
+        let within = |repo: &str| only.repository(repo);
+        let listing = self
+            .engine
+            .list_primary_in(only.repository.as_deref(), &within, tx);
         let queueing = async {
             let mut queued = 0usize;
             let mut batch: Vec<Change> = Vec::new();
@@ -314,6 +321,7 @@ impl Reconcile {
         let error = self.conclude(&listing, queued, "the primary").await;
         Activation {
             report: ReconcileReport {
+                repositories: listing.repositories,
                 tags: listing.tags,
                 queued,
                 only_in_region,

@@ -38,6 +38,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "api",
             "deletes",
             "notify",
+            "cluster",
         ],
     ),
     (
@@ -101,6 +102,26 @@ pub const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("deletes", &["policy", "max_per_hour", "dry_run"]),
+    (
+        "cluster",
+        &[
+            "etcd",
+            "prefix",
+            "instance_id",
+            "advertise_url",
+            "lease_ttl_secs",
+        ],
+    ),
+    (
+        "cluster.etcd",
+        &[
+            "endpoints",
+            "username",
+            "password_env",
+            "password_file",
+            "tls",
+        ],
+    ),
     (
         "notify[]",
         &[

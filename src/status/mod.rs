@@ -7,6 +7,8 @@
 //! knows (work in flight, copy counters, its background tasks, outgoing
 //! notifications) through [`Live`]. Every time is RFC 3339 (UTC).
 
+mod cluster;
+
 use serde::{Deserialize, Serialize};
 
 use crate::background::TaskStatus;
@@ -18,6 +20,7 @@ use crate::store::{Store, format_unix, format_unix_ms, now_unix_ms};
 use crate::units::table;
 use crate::watch::audit::AuditReport;
 use crate::watch::poller::ReconcileReport;
+pub use cluster::{ClusterRegion, ClusterView, MemberView};
 
 /// Parked items listed per region in the status (all are counted).
 pub const MAX_PARKED_LISTED: usize = 100;
@@ -53,6 +56,10 @@ pub struct StatusView {
     /// Outgoing notification targets: what waits and what was delivered.
     #[serde(default)]
     pub notify: Vec<TargetView>,
+    /// A cluster member: the members, their shares, and the regions' work
+    /// summed over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -231,6 +238,7 @@ pub fn build(
         events_rejected: live.events[2],
         events_echo: live.events[3],
         notify: live.notify,
+        cluster: None,
     }
 }
 
@@ -395,6 +403,9 @@ pub fn render(view: &StatusView) -> String {
             ));
         }
     }
+    if let Some(c) = &view.cluster {
+        out.push_str(&c.render());
+    }
     for c in view.conflicts.iter().take(5) {
         let push = |p: &crate::store::merge::PushRecord| {
             format!(
@@ -470,7 +481,7 @@ fn error_text(r: &RegionStatusView) -> String {
 
 /// `s` on one line, at most `max` characters (names come from registries
 /// and configs: no line breaks get through).
-fn one_line(s: &str, max: usize) -> String {
+pub(crate) fn one_line(s: &str, max: usize) -> String {
     let flat: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -542,6 +553,7 @@ mod tests {
             events_rejected: 0,
             events_echo: 0,
             notify: Vec::new(),
+            cluster: None,
         }
     }
 
