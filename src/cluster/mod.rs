@@ -71,7 +71,18 @@ impl Cluster {
     /// taken in the current member set (so the one that owned it before
     /// has let go).
     pub fn may_start(&self, repository: &str) -> bool {
-        !self.membership.fenced() && self.membership.settled() && self.owns(repository)
+        self.snapshot().may_start(repository)
+    }
+
+    /// [`Cluster::may_start`] for many repositories at one moment (a
+    /// dispatch round): the member set and the lease read once.
+    pub fn snapshot(&self) -> Snapshot {
+        let open = !self.membership.fenced() && self.membership.settled();
+        Snapshot {
+            me: self.id().to_owned(),
+            ids: Cluster::ids(&self.members()),
+            open,
+        }
     }
 
     /// Whether work already started on `repository` may go on: it is
@@ -113,6 +124,20 @@ impl Cluster {
             members: self.membership.subscribe(),
             fence: self.membership.fence_changes(),
         }
+    }
+}
+
+/// The cluster as one dispatch round sees it.
+pub struct Snapshot {
+    me: String,
+    ids: Vec<String>,
+    /// The lease is firm and every member took in the member set.
+    pub open: bool,
+}
+
+impl Snapshot {
+    pub fn may_start(&self, repository: &str) -> bool {
+        self.open && ring::owner(repository, &self.ids) == Some(self.me.as_str())
     }
 }
 

@@ -349,6 +349,7 @@ impl Daemon {
             notifier: notifier.clone(),
             health: health.clone(),
             cluster: cluster.clone(),
+            counted: Default::default(),
         };
         let api = {
             let signal = signal.clone();

@@ -3,16 +3,18 @@
 //! registries' health from the probe, the work in flight, the engine's
 //! counters, the background tasks' last runs and the notification targets.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::workers::InFlight;
 use crate::background::TaskHandle;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::lock::Locked;
 use crate::metrics::{EventResult, Metrics};
 use crate::notify::Notifier;
-use crate::status::{ClusterView, Detail, Live, MemberView, StatusView};
+use crate::status::{ClusterView, Detail, Live, MemberView, StatusView, TagCounts};
 use crate::watch::audit::AuditReport;
 use crate::watch::poller::ReconcileReport;
 use crate::watch::probe::HealthBook;
@@ -28,9 +30,47 @@ pub struct Sources {
     pub notifier: Arc<Notifier>,
     pub health: Arc<HealthBook>,
     pub cluster: Option<Arc<Cluster>>,
+    /// The last count of the tags, reused while fresh ([`Sources::counts`]).
+    pub counted: Mutex<Option<Counted>>,
 }
 
+/// A count of the tags, and what it cost.
+pub struct Counted {
+    at: Instant,
+    took: Duration,
+    counts: Arc<TagCounts>,
+}
+
+/// A count is reused for this many times what it took to make: the share
+/// of a core that status requests can spend counting stays under
+/// 1 / (1 + REUSE) however often they come and however many tags there
+/// are.
+const REUSE: u32 = 10;
+/// A count quicker than this is made afresh every time.
+const CHEAP: Duration = Duration::from_millis(50);
+
 impl Sources {
+    /// The tags counted, or the last count while it is younger than
+    /// [`REUSE`] times what it took, when that was not [`CHEAP`] (callers
+    /// at the same moment share one count).
+    fn counts(&self) -> Arc<TagCounts> {
+        let mut counted = self.counted.locked();
+        if let Some(c) = counted.as_ref()
+            && c.took >= CHEAP
+            && c.at.elapsed() < c.took * REUSE
+        {
+            return c.counts.clone();
+        }
+        let at = Instant::now();
+        let counts = Arc::new(crate::status::tag_counts(&self.config, self.engine.store()));
+        *counted = Some(Counted {
+            at,
+            took: at.elapsed(),
+            counts: counts.clone(),
+        });
+        counts
+    }
+
     pub fn view(&self, detail: Detail) -> StatusView {
         let regions = self.engine.regions();
         let mut health = self.health.get();
@@ -57,6 +97,7 @@ impl Sources {
             }
         }
         let m = &self.metrics;
+        let tag_counts = (detail == Detail::Full).then(|| self.counts());
         let live = Live {
             in_flight: (0..regions.len())
                 .map(|r| self.in_flight.count(r))
@@ -71,6 +112,7 @@ impl Sources {
                 m.events(EventResult::Echo),
             ],
             notify: self.notifier.view(),
+            tag_counts,
         };
         let mut view =
             crate::status::build(&self.config, self.engine.store(), health, live, detail);

@@ -177,13 +177,6 @@ impl Workers {
         self
     }
 
-    /// Whether work on `repository` may start now.
-    fn may_start(&self, repository: &str) -> bool {
-        self.cluster
-            .as_ref()
-            .is_none_or(|c| c.may_start(repository))
-    }
-
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
@@ -270,6 +263,21 @@ fn dispatch(w: &Arc<Workers>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) 
     let mut next_due: Option<u64> = None;
     let mut due_at = |t: u64| next_due = Some(next_due.map_or(t, |d: u64| d.min(t)));
     let mut groups: BTreeMap<GroupKey, Vec<(RegionId, Queued)>> = BTreeMap::new();
+    // A cluster member starts only on its share, and nothing while its
+    // lease is in doubt or a member set is being taken in (the cluster's
+    // change wakes the loop again).
+    let share = w.cluster.as_ref().map(|c| c.snapshot());
+    if share.as_ref().is_some_and(|s| !s.open) {
+        return None;
+    }
+    let owned: std::cell::RefCell<HashMap<String, bool>> = Default::default();
+    let may_start = |repo: &str| match &share {
+        None => true,
+        Some(s) => *owned
+            .borrow_mut()
+            .entry(repo.to_owned())
+            .or_insert_with(|| s.may_start(repo)),
+    };
     let mut in_flight = w.in_flight.lock();
     for r in 0..w.config.regions.len() {
         schedule.refresh(store, &w.doorbell.hints, r, now);
@@ -283,8 +291,7 @@ fn dispatch(w: &Arc<Workers>, schedule: &mut Schedule, tasks: &mut JoinSet<()>) 
         }
         let mut busy = in_flight.keys().filter(|(x, _, _)| *x == r).count();
         while let Some(q) = schedule.next(r, |repo, reference| {
-            in_flight.contains_key(&(r, repo.to_owned(), reference.to_owned()))
-                || !w.may_start(repo)
+            in_flight.contains_key(&(r, repo.to_owned(), reference.to_owned())) || !may_start(repo)
         }) {
             // Fresh pushes may use a few slots beyond the region's own, so
             // a long backfill never holds today's pushes back.

@@ -56,6 +56,10 @@ pub struct StatusView {
     /// Outgoing notification targets: what waits and what was delivered.
     #[serde(default)]
     pub notify: Vec<TargetView>,
+    /// When the tag counts (`tags_*`) were made; absent where tags were
+    /// not counted (`/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags_counted_at: Option<String>,
     /// A cluster member: the members, their shares, and the regions' work
     /// summed over them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +139,9 @@ pub struct Live {
     /// Events queued, duplicate, rejected, echoes.
     pub events: [u64; 4],
     pub notify: Vec<TargetView>,
+    /// Tags counted a moment ago (the daemon reuses a count for a while
+    /// when counting is expensive); `None`: count them now.
+    pub tag_counts: Option<std::sync::Arc<TagCounts>>,
 }
 
 /// How much to work out: tags are counted by reading every primary tag's
@@ -211,8 +218,14 @@ pub fn build(
             }
         })
         .collect();
+    let mut tags_counted_at = None;
     if detail == Detail::Full {
-        count_tags(config, store, &mut regions, now_ms);
+        let counts = match &live.tag_counts {
+            Some(c) => c.clone(),
+            None => std::sync::Arc::new(tag_counts(config, store)),
+        };
+        apply_tag_counts(&counts, &mut regions, now_ms);
+        tags_counted_at = Some(format_unix_ms(counts.at_ms));
     }
     StatusView {
         source: if live.reconcile.is_some() {
@@ -238,48 +251,81 @@ pub fn build(
         events_rejected: live.events[2],
         events_echo: live.events[3],
         notify: live.notify,
+        tags_counted_at,
         cluster: None,
     }
 }
 
 /// Each region's tags against the primary's, as the store knows them; a
 /// tag the region lacks makes its lag at least as old as the tag.
-fn count_tags(config: &Config, store: &Store, regions: &mut [RegionStatusView], now_ms: u64) {
-    let mut counts = vec![(0usize, 0usize, 0usize, 0usize); regions.len()];
-    let mut oldest_missing: Vec<Option<u64>> = vec![None; regions.len()];
+/// Every region's tags counted against the primary's (or the base's):
+/// O(tags × regions) reads of the store.
+#[derive(Clone, Debug, Default)]
+pub struct TagCounts {
+    /// When they were counted (unix ms).
+    pub at_ms: u64,
+    regions: Vec<RegionTagCounts>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct RegionTagCounts {
+    total: usize,
+    in_sync: usize,
+    missing: usize,
+    differ: usize,
+    only_in_region: usize,
+    /// When the primary's listing first saw the oldest tag the region
+    /// lacks (unix seconds).
+    oldest_missing: Option<u64>,
+}
+
+/// Counts every region's tags (see [`TagCounts`]).
+pub fn tag_counts(config: &Config, store: &Store) -> TagCounts {
+    let mut regions = vec![RegionTagCounts::default(); config.regions.len()];
     for (repo, tag, t) in store.all_primary_tags() {
         if t.deleted_at.is_some() || !config.repositories.allows(&repo) {
             continue;
         }
-        for (r, c) in counts.iter_mut().enumerate() {
-            c.0 += 1;
-            match store.manifest(r, &repo, &tag) {
-                Some(f) if f.digest == t.digest => c.1 += 1,
+        for (r, c) in regions.iter_mut().enumerate() {
+            c.total += 1;
+            let lacks = match store.manifest(r, &repo, &tag) {
+                Some(f) if f.digest == t.digest => {
+                    c.in_sync += 1;
+                    false
+                }
                 Some(_) => {
-                    c.3 += 1;
-                    oldest_missing[r] =
-                        Some(oldest_missing[r].map_or(t.seen_at, |o| o.min(t.seen_at)));
+                    c.differ += 1;
+                    true
                 }
                 None => {
-                    c.2 += 1;
-                    oldest_missing[r] =
-                        Some(oldest_missing[r].map_or(t.seen_at, |o| o.min(t.seen_at)));
+                    c.missing += 1;
+                    true
                 }
+            };
+            if lacks {
+                c.oldest_missing = Some(c.oldest_missing.map_or(t.seen_at, |o| o.min(t.seen_at)));
             }
         }
     }
-    for (r, v) in regions.iter_mut().enumerate() {
-        let (total, in_sync, missing, differ) = counts[r];
-        v.tags_total = Some(total);
-        v.tags_in_sync = Some(in_sync);
-        v.tags_missing = Some(missing);
-        v.tags_differ = Some(differ);
-        v.tags_only_in_region = Some(
-            store
-                .only_in_region(r, |repo| config.repositories.allows(repo))
-                .len(),
-        );
-        if let Some(seen) = oldest_missing[r] {
+    for (r, c) in regions.iter_mut().enumerate() {
+        c.only_in_region = store
+            .only_in_region(r, |repo| config.repositories.allows(repo))
+            .len();
+    }
+    TagCounts {
+        at_ms: now_unix_ms(),
+        regions,
+    }
+}
+
+fn apply_tag_counts(counts: &TagCounts, regions: &mut [RegionStatusView], now_ms: u64) {
+    for (v, c) in regions.iter_mut().zip(&counts.regions) {
+        v.tags_total = Some(c.total);
+        v.tags_in_sync = Some(c.in_sync);
+        v.tags_missing = Some(c.missing);
+        v.tags_differ = Some(c.differ);
+        v.tags_only_in_region = Some(c.only_in_region);
+        if let Some(seen) = c.oldest_missing {
             let age = now_ms.saturating_sub(seen * 1000) as f64 / 1000.0;
             v.lag_secs = v.lag_secs.max(age);
         }
@@ -553,6 +599,7 @@ mod tests {
             events_rejected: 0,
             events_echo: 0,
             notify: Vec::new(),
+            tags_counted_at: None,
             cluster: None,
         }
     }
