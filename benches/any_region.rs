@@ -24,19 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use georep::lab::bench::{LocalSetup, client, people_client, percentile};
+use georep::lab::bench::{LocalSetup, client, env_u64, people_client, percentile};
 use georep::lab::corpus::push_image;
 use georep::lab::localreg::{LocalNotify, LocalOptions, LocalRegistry, free_port};
 use georep::registry::Registry;
 
 const NAMES: [&str; 3] = ["us", "eu", "ap"];
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -130,8 +123,8 @@ async fn latencies(pushers: &[Registry], arrivals: &Arrivals, n: usize, layer: u
 }
 
 async fn push_latency() {
-    let pushes = env("GEOREP_ANY_PUSHES", 20) as usize;
-    let layer = env("GEOREP_ANY_LAYER_MIB", 10) << 20;
+    let pushes = env_u64("GEOREP_ANY_PUSHES", 20) as usize;
+    let layer = env_u64("GEOREP_ANY_LAYER_MIB", 10) << 20;
 
     // One-way: a primary and 2 regions.
     let dir = tempfile::tempdir().unwrap();
@@ -288,7 +281,7 @@ async fn first_reconcile_done(port: u16) {
 }
 
 async fn reconcile_cost() {
-    let tags = env("GEOREP_ANY_TAGS", 10_000) as usize;
+    let tags = env_u64("GEOREP_ANY_TAGS", 10_000) as usize;
     let dir = tempfile::tempdir().unwrap();
     let mut regs = Vec::new();
     for name in NAMES {

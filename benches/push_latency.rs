@@ -19,16 +19,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use georep::lab::bench::{LocalSetup, client, percentile, raw_copy_image};
+use georep::lab::bench::{LocalSetup, client, env_u64, percentile, raw_copy_image};
 use georep::lab::corpus::push_image;
 use georep::lab::localreg::{LocalNotify, LocalOptions, free_port};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -66,9 +59,9 @@ async fn sink() -> (String, Arrivals) {
 }
 
 async fn run() {
-    let pushes = env("GEOREP_LATENCY_PUSHES", 50) as usize;
-    let layer = env("GEOREP_LATENCY_LAYER_MIB", 10) << 20;
-    let regions = env("GEOREP_LATENCY_REGIONS", 3) as usize;
+    let pushes = env_u64("GEOREP_LATENCY_PUSHES", 50) as usize;
+    let layer = env_u64("GEOREP_LATENCY_LAYER_MIB", 10) << 20;
+    let regions = env_u64("GEOREP_LATENCY_REGIONS", 3) as usize;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let (hook, arrivals) = sink().await;

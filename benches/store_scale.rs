@@ -12,10 +12,8 @@
 
 use std::time::Instant;
 
-use futures::StreamExt;
-use georep::lab::bench::{LocalSetup, client, replica_requests, run_sync};
+use georep::lab::bench::{LocalSetup, client, listing_alone, replica_requests, run_sync};
 use georep::lab::corpus::{Corpus, CorpusSpec};
-use georep::registry::Scope;
 use georep::units::human_bytes;
 
 fn main() {
@@ -52,34 +50,7 @@ async fn run(tags: usize) {
     line("cold sync", secs, &report);
 
     // The primary's listing alone, as georep lists it.
-    let p = client(&primary.url()).unwrap();
-    let t = Instant::now();
-    let names = p.catalog().await.unwrap();
-    let mut per_repo = futures::stream::iter(names)
-        .map(|repo| {
-            let p = &p;
-            async move {
-                let tags = p
-                    .tags(&repo, &Scope::pull(&repo))
-                    .await
-                    .unwrap()
-                    .unwrap_or_default();
-                futures::stream::iter(tags)
-                    .map(|tag| {
-                        let repo = &repo;
-                        async move { p.head_manifest(repo, &tag, &Scope::pull(repo)).await }
-                    })
-                    .buffer_unordered(8)
-                    .count()
-                    .await
-            }
-        })
-        .buffer_unordered(4);
-    let mut listed = 0;
-    while let Some(n) = per_repo.next().await {
-        listed += n;
-    }
-    let listing = t.elapsed().as_secs_f64();
+    let (listing, listed) = listing_alone(&primary.url()).await.unwrap();
     println!(
         "{:<16} {listing:>8.2} {:>8} {:>10} {:>10}   ({listed} tags)",
         "listing alone", "-", "-", "-"

@@ -270,6 +270,49 @@ pub fn client(url: &str) -> Result<Registry, url::ParseError> {
     ))
 }
 
+/// The primary's listing alone, as georep lists it (catalog, tags/list per
+/// repository, a `HEAD` per tag, with georep's client and concurrency):
+/// the floor of a no-op pass. Seconds, and tags listed.
+pub async fn listing_alone(url: &str) -> anyhow::Result<(f64, usize)> {
+    let p = client(url)?;
+    let t = Instant::now();
+    let names = p.catalog().await?;
+    let mut per_repo = futures::stream::iter(names)
+        .map(|repo| {
+            let p = &p;
+            async move {
+                let scope = crate::registry::Scope::pull(&repo);
+                let tags = p.tags(&repo, &scope).await?.unwrap_or_default();
+                let heads = futures::stream::iter(tags)
+                    .map(|tag| {
+                        let (repo, scope) = (&repo, &scope);
+                        async move { p.head_manifest(repo, &tag, scope).await }
+                    })
+                    .buffer_unordered(8)
+                    .collect::<Vec<_>>()
+                    .await;
+                let n = heads.len();
+                heads.into_iter().collect::<Result<Vec<_>, _>>()?;
+                Ok::<usize, RegistryError>(n)
+            }
+        })
+        .buffer_unordered(4);
+    let mut listed = 0;
+    while let Some(n) = per_repo.next().await {
+        listed += n?;
+    }
+    Ok((t.elapsed().as_secs_f64(), listed))
+}
+
+/// A benchmark's knob: environment variable `name` as a number, else
+/// `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The `p`-th percentile (0–100) of `sorted` (nearest rank); NaN when
 /// empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
