@@ -158,7 +158,7 @@ pub async fn gather(http: &reqwest::Client, view: &mut StatusView, incoming: &He
     let own = view.clone();
     let mut members = std::mem::take(&mut cluster.members);
     for (m, answer) in members.iter_mut().zip(answers) {
-        let answer = answer.unwrap_or(Ok(own.clone()));
+        let answer = answer.unwrap_or_else(|| Ok(own.clone()));
         let (id, url) = (m.id.clone(), m.url.clone());
         *m = MemberView::from_view(&id, &url, answer.as_ref().map_err(Clone::clone));
         if let Ok(v) = &answer {

@@ -204,10 +204,6 @@ impl Membership {
         self.fenced.clone()
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     pub fn instance_id(&self) -> &str {
         &self.settings.instance_id
     }

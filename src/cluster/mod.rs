@@ -66,16 +66,9 @@ impl Cluster {
         ring::owner(repository, &ids) == Some(self.id())
     }
 
-    /// Whether this instance may start work on `repository` now: it owns
-    /// it, holds its lease firmly (not fenced), and every live member has
-    /// taken in the current member set (so the one that owned it before
-    /// has let go).
-    pub fn may_start(&self, repository: &str) -> bool {
-        self.snapshot().may_start(repository)
-    }
-
-    /// [`Cluster::may_start`] for many repositories at one moment (a
-    /// dispatch round): the member set and the lease read once.
+    /// Whether this instance may start work now, for many repositories at
+    /// one moment (a dispatch round): the member set and the lease read
+    /// once. See [`Snapshot::may_start`].
     pub fn snapshot(&self) -> Snapshot {
         let open = !self.membership.fenced() && self.membership.settled();
         Snapshot {
@@ -83,12 +76,6 @@ impl Cluster {
             ids: Cluster::ids(&self.members()),
             open,
         }
-    }
-
-    /// Whether work already started on `repository` may go on: it is
-    /// still this instance's and the lease is firm.
-    pub fn may_continue(&self, repository: &str) -> bool {
-        !self.membership.fenced() && self.owns(repository)
     }
 
     pub fn fenced(&self) -> bool {
@@ -136,6 +123,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether `repository` may be started on: this instance owns it, holds
+    /// its lease firmly (not fenced), and every live member has taken in
+    /// the current member set (so the one that owned it before has let
+    /// go).
     pub fn may_start(&self, repository: &str) -> bool {
         self.open && ring::owner(repository, &self.ids) == Some(self.me.as_str())
     }

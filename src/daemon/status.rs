@@ -49,6 +49,11 @@ const REUSE: u32 = 10;
 /// A count quicker than this is made afresh every time.
 const CHEAP: Duration = Duration::from_millis(50);
 
+/// Whether a count that took `took` to make may still serve at `age`.
+fn reusable(took: Duration, age: Duration) -> bool {
+    took >= CHEAP && age < took * REUSE
+}
+
 impl Sources {
     /// The tags counted, or the last count while it is younger than
     /// [`REUSE`] times what it took, when that was not [`CHEAP`] (callers
@@ -56,8 +61,7 @@ impl Sources {
     fn counts(&self) -> Arc<TagCounts> {
         let mut counted = self.counted.locked();
         if let Some(c) = counted.as_ref()
-            && c.took >= CHEAP
-            && c.at.elapsed() < c.took * REUSE
+            && reusable(c.took, c.at.elapsed())
         {
             return c.counts.clone();
         }
@@ -137,5 +141,22 @@ impl Sources {
             }
         });
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_expensive_count_is_reused_and_for_ten_times_its_cost() {
+        let ms = Duration::from_millis;
+        assert!(
+            !reusable(ms(5), ms(0)),
+            "a small store is counted every time"
+        );
+        assert!(reusable(ms(100), ms(999)));
+        assert!(!reusable(ms(100), ms(1000)));
+        assert!(reusable(ms(1500), ms(14_000)), "about 15 s at 100,000 tags");
     }
 }

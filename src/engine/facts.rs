@@ -247,6 +247,22 @@ impl RegionRepos {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_repository_s_listings_are_forgotten_in_every_region_and_no_other() {
+        let repos = RegionRepos::default();
+        for (r, repo) in [(0, "a"), (1, "a"), (0, "b")] {
+            repos.get(r, repo, async { RepoState::Absent }).await;
+        }
+        repos.forget("a");
+        let tags = || RepoState::Tags(Arc::new(["v1".to_owned()].into_iter().collect()));
+        for r in [0, 1] {
+            let again = repos.get(r, "a", async { tags() }).await;
+            assert!(matches!(again, RepoState::Tags(_)), "listed again");
+        }
+        let kept = repos.get(0, "b", async { tags() }).await;
+        assert!(matches!(kept, RepoState::Absent), "b's listing stays");
+    }
+
     /// Distrust covers one region and one repository, and only what was
     /// recorded before it: what the region acknowledges after is believed.
     #[test]
